@@ -1,0 +1,1 @@
+"""Feedback: tells partners what happened to their signals."""

@@ -1,0 +1,3 @@
+from services.feedback.app import main
+
+main()

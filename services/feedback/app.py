@@ -1,0 +1,26 @@
+"""Feedback process: consumes outreach.due; partner feedback follows."""
+
+from fastapi import FastAPI
+
+from services.feedback.handlers import on_outreach_due
+from services.feedback.models import messaging
+from services.feedback.settings import FeedbackSettings
+from shared.events import OUTREACH_DUE
+from shared.messaging import Subscription
+from shared.service import create_service_app, serve
+
+
+def create_app(settings: FeedbackSettings | None = None) -> FastAPI:
+    settings = settings or FeedbackSettings()
+    return create_service_app(
+        settings=settings,
+        tables=messaging,
+        subscriptions=[Subscription(OUTREACH_DUE, on_outreach_due)],
+        title="Vroegsignalering – terugkoppeling",
+        description="Houdt bij wat partners over hun signalen te horen krijgen.",
+    )
+
+
+def main() -> None:
+    settings = FeedbackSettings()
+    serve(create_app(settings), settings)

@@ -1,0 +1,1 @@
+"""Intake: the partner gateway. Takes signals, validates, routes, forwards."""

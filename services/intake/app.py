@@ -1,0 +1,27 @@
+"""Intake process: the partner gateway (HTTP) and its outbox relay."""
+
+from fastapi import FastAPI
+
+from services.intake import problems
+from services.intake.api import router
+from services.intake.models import messaging
+from services.intake.settings import IntakeSettings
+from shared.service import create_service_app, serve
+
+
+def create_app(settings: IntakeSettings | None = None) -> FastAPI:
+    settings = settings or IntakeSettings()
+    app = create_service_app(
+        settings=settings,
+        tables=messaging,
+        routers=[router],
+        title="Vroegsignalering – signaal-API voor partners",
+        description="Signaalpartners leveren hier betalingsachterstanden aan bij de gemeente.",
+    )
+    problems.install(app)
+    return app
+
+
+def main() -> None:
+    settings = IntakeSettings()
+    serve(create_app(settings), settings)

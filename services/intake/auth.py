@@ -1,0 +1,96 @@
+"""Partner credentials and access tokens (OAuth 2.0 client credentials)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Annotated
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import VerificationError
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
+
+from services.intake.models import Partner
+from services.intake.problems import Problem
+from services.intake.settings import IntakeSettings
+
+_hasher = PasswordHasher()
+_bearer = HTTPBearer(auto_error=False, description="Toegangstoken van POST /oauth/token")
+
+
+def new_client_credentials() -> tuple[str, str]:
+    return f"partner-{secrets.token_hex(8)}", secrets.token_urlsafe(32)
+
+
+def hash_secret(secret: str) -> str:
+    return _hasher.hash(secret)
+
+
+def secret_matches(secret_hash: str, secret: str) -> bool:
+    try:
+        return _hasher.verify(secret_hash, secret)
+    except VerificationError:
+        return False
+
+
+@dataclass(frozen=True)
+class PartnerIdentity:
+    """Who is calling: always from the token, never from the payload."""
+
+    id: uuid.UUID
+    naam: str
+    soort: str
+
+
+def issue_token(partner: Partner, settings: IntakeSettings, now: dt.datetime) -> str:
+    claims = {
+        "iss": settings.token_issuer,
+        "sub": str(partner.id),
+        "naam": partner.naam,
+        "soort": partner.soort,
+        "iat": int(now.timestamp()),
+        "exp": int(now.timestamp()) + settings.token_lifetime_s,
+    }
+    return jwt.encode(claims, settings.token_signing_key.get_secret_value(), algorithm="HS256")
+
+
+_UNAUTHORIZED = Problem(
+    401,
+    "Niet geauthenticeerd",
+    "Stuur een geldig toegangstoken mee: Authorization: Bearer <token> (zie POST /oauth/token).",
+    headers={"WWW-Authenticate": "Bearer"},
+)
+
+
+async def current_partner(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> PartnerIdentity:
+    runtime = request.app.state.runtime
+    settings: IntakeSettings = runtime.settings
+    if credentials is None:
+        raise _UNAUTHORIZED
+    try:
+        claims = jwt.decode(
+            credentials.credentials,
+            settings.token_signing_key.get_secret_value(),
+            algorithms=["HS256"],
+            issuer=settings.token_issuer,
+            options={"require": ["exp", "sub", "iss"]},
+        )
+        partner_id = uuid.UUID(claims["sub"])
+    except (jwt.PyJWTError, ValueError):
+        raise _UNAUTHORIZED from None
+    async with runtime.session_factory() as session:
+        partner = await session.scalar(select(Partner).where(Partner.id == partner_id))
+    if partner is None or not partner.actief:  # a disabled partner stops at once
+        raise _UNAUTHORIZED
+    return PartnerIdentity(id=partner.id, naam=partner.naam, soort=partner.soort)
+
+
+CurrentPartner = Annotated[PartnerIdentity, Depends(current_partner)]

@@ -1,0 +1,119 @@
+"""Errors as application/problem+json (RFC 9457), with every bad field named."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_JSON = "application/problem+json"
+
+_PYDANTIC_RULES_NL = {
+    "missing": "Dit veld is verplicht.",
+    "extra_forbidden": "Dit veld is onbekend; controleer de veldnaam.",
+    "string_too_long": "De tekst is te lang.",
+    "string_too_short": "De tekst mag niet leeg zijn.",
+    "string_pattern_mismatch": "De waarde heeft niet de juiste vorm.",
+    "literal_error": "De waarde is niet een van de toegestane waarden.",
+    "date_from_datetime_parsing": "Geef een datum als JJJJ-MM-DD.",
+    "date_parsing": "Geef een datum als JJJJ-MM-DD.",
+    "date_type": "Geef een datum als JJJJ-MM-DD.",
+    "decimal_parsing": 'Geef een bedrag als tekst met een punt, bijvoorbeeld "734.50".',
+    "decimal_max_places": "Een bedrag heeft hoogstens twee decimalen.",
+    "decimal_max_digits": "Het bedrag is te groot.",
+    "greater_than": "De waarde moet groter dan nul zijn.",
+    "bool_parsing": "Geef true of false.",
+    "bool_type": "Geef true of false.",
+    "int_parsing": "Geef een geheel getal.",
+    "int_type": "Geef een geheel getal.",
+    "model_type": "Geef een object.",
+    "model_attributes_type": "Geef een object.",
+    "json_invalid": "De body is geen geldige JSON.",
+    "string_type": "Geef tekst.",
+    "value_error": "De waarde voldoet niet aan de regel.",
+}
+
+
+class Problem(Exception):
+    """An error that becomes a problem+json response."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        *,
+        invalid_params: Sequence[dict[str, str]] = (),
+        headers: dict[str, str] | None = None,
+        type_: str = "about:blank",
+    ) -> None:
+        super().__init__(title)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.invalid_params = list(invalid_params)
+        self.headers = headers or {}
+        self.type = type_
+
+    def response(self, instance: str) -> JSONResponse:
+        body: dict[str, Any] = {
+            "type": self.type,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "instance": instance,
+        }
+        if self.invalid_params:
+            body["invalidParams"] = self.invalid_params
+        return JSONResponse(
+            body, status_code=self.status, headers=self.headers, media_type=PROBLEM_JSON
+        )
+
+
+def invalid_input(params: list[dict[str, str]]) -> Problem:
+    summary = "; ".join(f"{p['name']}: {p['reason']}" for p in params[:20])
+    return Problem(
+        400,
+        "Ongeldige invoer",
+        f"Het signaal is niet aangenomen. {summary}",
+        invalid_params=params,
+        type_="https://vroeg.example/problemen/ongeldige-invoer",
+    )
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    parts = [str(part) for part in loc if part not in ("body",)]
+    return ".".join(parts) or "body"
+
+
+def params_from_validation(errors: Sequence[Any]) -> list[dict[str, str]]:
+    params = []
+    for error in errors:
+        rule = _PYDANTIC_RULES_NL.get(error["type"], "De waarde voldoet niet aan de regel.")
+        if error["type"] == "value_error":
+            rule = str(error.get("ctx", {}).get("error", rule))
+        params.append(
+            {"name": _field_name(tuple(error["loc"])), "code": error["type"], "reason": rule}
+        )
+    return params
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def on_problem(request: Request, exc: Problem) -> JSONResponse:
+        return exc.response(request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return invalid_input(params_from_validation(exc.errors())).response(request.url.path)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        titles = {404: "Niet gevonden", 405: "Methode niet toegestaan", 401: "Niet geauthenticeerd"}
+        return Problem(
+            exc.status_code, titles.get(exc.status_code, "Fout"), str(exc.detail)
+        ).response(request.url.path)

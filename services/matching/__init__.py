@@ -1,0 +1,1 @@
+"""Matching: combines signals per household into matches (single, multiple, consecutive)."""

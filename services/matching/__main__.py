@@ -1,0 +1,3 @@
+from services.matching.app import main
+
+main()

@@ -1,0 +1,4 @@
+from services.matching.models import Base
+from shared.db import run_migrations_in_env
+
+run_migrations_in_env(Base.metadata)

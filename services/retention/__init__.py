@@ -1,0 +1,1 @@
+"""Retention: knows every record's lifecycle; destroys by archive rule."""

@@ -1,0 +1,3 @@
+from services.retention.app import main
+
+main()

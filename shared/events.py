@@ -1,0 +1,177 @@
+"""Event contracts between the services, and the one registry of topics.
+
+Every event is a versioned, immutable pydantic model. The Kafka key of every event is
+the pseudonymous household key, so all events of one household land on one partition
+in order. Trace context rides in Kafka headers, never in the payload.
+
+Events carry no readable personal data: no names, addresses, BSNs or contact details.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Annotated, Literal
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+GemeenteCode = Annotated[str, Field(pattern=r"^GM\d{4}$", examples=["GM1731"])]
+HouseholdKey = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Amount = Annotated[Decimal, Field(max_digits=12, decimal_places=2)]
+
+SignalKind = Literal[
+    "Energie",
+    "Huur",
+    "Hypotheek",
+    "CAK Zorgverzekeringen",
+    "Zorg",
+    "Water",
+    "DUO",
+    "Belastingdienst",
+    "CAK Eigen bijdrage",
+    "Dienst Toeslagen",
+    "Overige",
+]
+EnergyKind = Literal["elektriciteit", "gas", "warmte"]
+MatchKind = Literal["enkelvoudig", "meervoudig", "opeenvolgend"]
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Event(BaseModel):
+    """Fields every event carries."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: UUID = Field(default_factory=uuid4)
+    schema_version: Literal[1] = 1
+    occurred_at: dt.datetime = Field(default_factory=utc_now)
+    gemeentecode: GemeenteCode
+    household_key: HouseholdKey
+
+
+class SignalReceived(Event):
+    """Intake accepted a partner's signal and forwards it to matching."""
+
+    event_type: Literal["SignalReceived"] = "SignalReceived"
+    signal_id: UUID
+    partner_id: UUID
+    partner_naam: str
+    creditor_id: UUID = Field(
+        description="The creditor organisation. Electricity and gas of one supplier share it."
+    )
+    partner_signaal_id: str
+    soort: SignalKind
+    energiesoort: EnergyKind | None = None
+    signaaldatum: dt.date
+    ontstaansdatum: dt.date | None = None
+    achterstand_bedrag: Amount
+    ontvangen_op: dt.datetime
+
+
+class MatchedSignal(BaseModel):
+    """One signal as it stands inside a match."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    signal_id: UUID
+    partner_id: UUID
+    partner_naam: str
+    creditor_id: UUID
+    partner_signaal_id: str
+    soort: SignalKind
+    energiesoort: EnergyKind | None = None
+    signaaldatum: dt.date
+    achterstand_bedrag: Amount
+
+
+class _MatchState(Event):
+    """The whole current state of a match: consumers keep the highest version they saw."""
+
+    match_id: UUID
+    version: int = Field(ge=1)
+    soort: MatchKind
+    aantal_schuldeisers: int = Field(ge=1)
+    totaal_achterstand: Amount
+    doorgestuurd_op: dt.datetime = Field(
+        description="Forwarded to case handling: the clock starts."
+    )
+    regel: str = Field(description="Which rule made the match what it is, in plain Dutch.")
+    signalen: tuple[MatchedSignal, ...] = Field(min_length=1)
+
+
+class MatchCreated(_MatchState):
+    """Matching forwarded a new match (or single signal) to case handling."""
+
+    event_type: Literal["MatchCreated"] = "MatchCreated"
+
+
+class MatchUpdated(_MatchState):
+    """A forwarded match gained a signal; its kind and totals were recomputed."""
+
+    event_type: Literal["MatchUpdated"] = "MatchUpdated"
+
+
+class CaseSignalRef(BaseModel):
+    """Which partner signal a case answers: what feedback needs to tell the partner."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    signal_id: UUID
+    partner_id: UUID
+    partner_signaal_id: str
+
+
+class OutreachDue(Event):
+    """Outreach opened (or extended) a case; the help offer is due by `termijn`."""
+
+    event_type: Literal["OutreachDue"] = "OutreachDue"
+    case_id: UUID
+    match_id: UUID
+    doorgestuurd_op: dt.datetime
+    termijn: dt.date
+    signalen: tuple[CaseSignalRef, ...]
+
+
+AnyEvent = Annotated[
+    SignalReceived | MatchCreated | MatchUpdated | OutreachDue,
+    Field(discriminator="event_type"),
+]
+_EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
+
+
+def decode_event(payload: bytes) -> AnyEvent:
+    """Parse an event from its JSON bytes; raises pydantic.ValidationError on bad input."""
+    return _EVENT_ADAPTER.validate_json(payload)
+
+
+def encode_event(event: Event) -> bytes:
+    return event.model_dump_json().encode()
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    events: tuple[type[Event], ...]
+    purpose: str
+
+
+SIGNAL_RECEIVED = Topic("signal.received", (SignalReceived,), "intake → matching, retention")
+MATCH_CREATED = Topic("match.created", (MatchCreated,), "matching → outreach, retention")
+MATCH_UPDATED = Topic("match.updated", (MatchUpdated,), "matching → outreach, retention")
+OUTREACH_DUE = Topic("outreach.due", (OutreachDue,), "outreach → feedback, retention")
+FEEDBACK_SENT = Topic("feedback.sent", (), "feedback → intake, retention (contract follows)")
+DEAD_LETTER = Topic("deadletter", (), "messages a consumer could not process, with the reason")
+
+TOPICS: tuple[Topic, ...] = (
+    SIGNAL_RECEIVED,
+    MATCH_CREATED,
+    MATCH_UPDATED,
+    OUTREACH_DUE,
+    FEEDBACK_SENT,
+    DEAD_LETTER,
+)

@@ -1,0 +1,237 @@
+"""Kafka wiring: the broker, and consumers that commit offsets only after their own
+database transaction committed.
+
+Per batch of records, in one database transaction:
+- each record is decoded; one that cannot be decoded goes to the dead-letter topic;
+- the inbox drops an event id seen before (redelivery, a relay that published twice);
+- the handler runs in a savepoint, up to `consumer_max_attempts` times; a message that
+  keeps failing goes to the dead-letter topic with the reason, the batch goes on;
+- then the transaction commits and only then is the Kafka offset committed.
+An infrastructure error (database or broker unreachable, deadlock) rolls the whole batch
+back, rewinds the partitions and retries with backoff: the message is not at fault, so it
+is never dead-lettered for it.
+Dead letters themselves go through the outbox, so they are as safe as any other event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiokafka.errors import KafkaError
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from opentelemetry import trace
+from pydantic import ValidationError
+from sqlalchemy import update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared import metrics
+from shared.events import DEAD_LETTER, AnyEvent, Topic, decode_event
+from shared.outbox import MessagingTables, Outbox, first_delivery, span_for_record
+from shared.settings import ServiceSettings
+from shared.telemetry import kafka_headers_to_dict
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[AsyncSession, Any], Awaitable[None]]
+
+# SQLSTATE classes that say "try again later", not "this message is bad":
+# 08 connection, 40 transaction rollback (deadlock, serialization), 53 resources, 57 operator.
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57")
+
+
+class Rejected(Exception):
+    """A handler's verdict that an event can never be processed; the text names the rule.
+
+    The text goes into the dead-letter headers: it must not hold personal data.
+    """
+
+
+def make_broker(settings: ServiceSettings) -> KafkaBroker:
+    return KafkaBroker(
+        settings.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=settings.kafka_idempotence,
+        client_id=f"vroeg-{settings.service_name}",
+        linger_ms=5,
+        logger=None,
+    )
+
+
+def is_infrastructure_error(exc: BaseException) -> bool:
+    if isinstance(exc, OSError | TimeoutError | KafkaError | InterfaceError):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, OperationalError):
+            return True
+        sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        return bool(sqlstate) and str(sqlstate)[:2] in _TRANSIENT_SQLSTATE_CLASSES
+    return False
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A reason fit for the dead-letter headers: the rule broken, never the data."""
+    if isinstance(exc, Rejected):
+        return str(exc)
+    if isinstance(exc, ValidationError):
+        problems = [
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['type']}"
+            for error in exc.errors(include_input=False, include_url=False)
+        ]
+        return "invalid event: " + "; ".join(problems[:10])
+    return f"handler error: {type(exc).__name__}"
+
+
+@dataclass(frozen=True)
+class Subscription:
+    topic: Topic
+    handle: Handler
+
+
+class BatchConsumer:
+    """Consumes a service's topics in batches, one consumer group per service (see the
+    module docstring); replicas of the service share the partitions."""
+
+    def __init__(
+        self,
+        *,
+        settings: ServiceSettings,
+        subscriptions: Sequence[Subscription],
+        session_factory: async_sessionmaker,
+        outbox: Outbox,
+        tables: MessagingTables,
+    ) -> None:
+        self.settings = settings
+        self.handlers = {s.topic.name: s.handle for s in subscriptions}
+        self.session_factory = session_factory
+        self.outbox = outbox
+        self.tables = tables
+        self.group_id = settings.consumer_group
+        self._backoff_s = settings.consumer_retry_backoff_s
+
+    def register(self, broker: KafkaBroker) -> None:
+        async def on_batch(body: Any, msg: KafkaMessage) -> None:
+            await self.consume(msg)
+
+        async def skip_decoding(msg: Any) -> None:  # records are decoded per event type below
+            return None
+
+        on_batch.__name__ = f"{self.settings.service_name}_consumer"
+        on_batch.__doc__ = f"{self.settings.service_name} consumes {', '.join(self.handlers)}."
+        broker.subscriber(
+            *self.handlers,
+            group_id=self.group_id,
+            batch=True,
+            max_records=self.settings.consumer_batch_size,
+            auto_offset_reset="earliest",
+            session_timeout_ms=self.settings.consumer_session_timeout_ms,
+            heartbeat_interval_ms=max(self.settings.consumer_session_timeout_ms // 4, 500),
+            max_poll_interval_ms=self.settings.consumer_max_poll_interval_ms,
+            ack_policy=AckPolicy.MANUAL,
+            decoder=skip_decoding,
+        )(on_batch)
+
+    async def consume(self, msg: KafkaMessage) -> None:
+        raw = msg.raw_message
+        records = raw if isinstance(raw, tuple | list) else (raw,)
+        with metrics.BATCH_SECONDS.labels(group=self.group_id).time():
+            try:
+                async with self.session_factory() as session, session.begin():
+                    for record in records:
+                        await self._process(session, record)
+            except Exception as exc:
+                if not is_infrastructure_error(exc):
+                    log.exception("unexpected batch failure", group=self.group_id)
+                metrics.CONSUMER_RETRIES.labels(group=self.group_id).inc()
+                log.warning(
+                    "batch rolled back, will retry",
+                    group=self.group_id,
+                    error=type(exc).__name__,
+                    backoff_s=self._backoff_s,
+                )
+                await msg.nack()
+                await asyncio.sleep(self._backoff_s)  # retry delay, not synchronisation
+                self._backoff_s = min(self._backoff_s * 2, 30.0)
+                return
+        self._backoff_s = self.settings.consumer_retry_backoff_s
+        self.outbox.wake()
+        try:
+            await msg.ack()
+        except KafkaError as exc:  # partitions moved away: the new owner's inbox dedupes
+            log.warning("offset commit failed", group=self.group_id, error=type(exc).__name__)
+
+    async def _process(self, session: AsyncSession, record: Any) -> None:
+        topic = record.topic
+        headers = kafka_headers_to_dict(record.headers)
+        span = span_for_record(topic, headers)
+        with trace.use_span(span, end_on_exit=True):
+            try:
+                event = decode_event(record.value)
+            except ValidationError as exc:
+                await self._dead_letter(session, record, headers, failure_reason(exc))
+                return
+            span.set_attribute("messaging.message.id", str(event.event_id))
+            span.set_attribute("vroeg.gemeentecode", event.gemeentecode)
+            if not await first_delivery(session, self.tables, event.event_id, topic, "processed"):
+                metrics.EVENTS_CONSUMED.labels(topic=topic, outcome="duplicate").inc()
+                return
+            error = await self._handle_with_retries(session, self.handlers[topic], event)
+            if error is None:
+                metrics.EVENTS_CONSUMED.labels(topic=topic, outcome="processed").inc()
+                return
+            await session.execute(
+                update(self.tables.inbox)
+                .where(self.tables.inbox.c.event_id == event.event_id)
+                .values(outcome="deadlettered")
+            )
+            await self._dead_letter(session, record, headers, failure_reason(error))
+
+    async def _handle_with_retries(
+        self, session: AsyncSession, handle: Handler, event: AnyEvent
+    ) -> Exception | None:
+        error: Exception | None = None
+        for _attempt in range(self.settings.consumer_max_attempts):
+            try:
+                async with session.begin_nested():
+                    await handle(session, event)
+                return None
+            except Exception as exc:
+                if is_infrastructure_error(exc):
+                    raise
+                if isinstance(exc, Rejected):
+                    return exc
+                error = exc
+        return error
+
+    async def _dead_letter(
+        self, session: AsyncSession, record: Any, headers: dict[str, str], reason: str
+    ) -> None:
+        metrics.EVENTS_CONSUMED.labels(topic=record.topic, outcome="deadlettered").inc()
+        log.error(
+            "message dead-lettered",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            reason=reason,
+        )
+        key = record.key.decode("utf-8", "replace") if record.key else "unknown"
+        await self.outbox.stage_raw(
+            session,
+            DEAD_LETTER,
+            key=key,
+            payload=record.value or b"",
+            headers={
+                **headers,
+                "dlq.reason": reason,
+                "dlq.topic": record.topic,
+                "dlq.partition": str(record.partition),
+                "dlq.offset": str(record.offset),
+                "dlq.group": self.group_id,
+            },
+        )

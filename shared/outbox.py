@@ -1,0 +1,206 @@
+"""Transactional outbox and inbox: nothing lost, nothing doubled.
+
+A state change and the events it causes are written in one database transaction (the
+outbox); a relay publishes committed rows to Kafka and deletes them once the broker
+acknowledged (acks=all). A crash between publish and delete publishes a row twice, which
+the inbox of every consumer absorbs: it records each event id it processed, in the same
+transaction as the processing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from faststream.kafka import KafkaBroker
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    delete,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.dialects.postgresql import UUID as PgUUID
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared import metrics
+from shared.events import Event, Topic, encode_event
+from shared.telemetry import context_from_headers, current_trace_headers, tracer
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class MessagingTables:
+    outbox: Table
+    inbox: Table
+
+
+def add_messaging_tables(metadata: MetaData) -> MessagingTables:
+    """The outbox and inbox tables every service keeps in its own database."""
+    outbox = Table(
+        "outbox",
+        metadata,
+        Column("id", BigInteger, Identity(), primary_key=True),
+        Column("topic", String(100), nullable=False),
+        Column("key", String(128), nullable=False),
+        Column("payload", LargeBinary, nullable=False),
+        Column("headers", JSON, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+    inbox = Table(
+        "inbox",
+        metadata,
+        Column("event_id", PgUUID(as_uuid=True), primary_key=True),
+        Column("topic", String(100), nullable=False),
+        Column("outcome", String(20), nullable=False),
+        Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+    return MessagingTables(outbox=outbox, inbox=inbox)
+
+
+class Outbox:
+    """Stages events in the caller's transaction and relays committed ones to Kafka."""
+
+    def __init__(self, tables: MessagingTables) -> None:
+        self.tables = tables
+        self._wake = asyncio.Event()
+
+    async def stage(self, session: AsyncSession, topic: Topic, event: Event) -> None:
+        """Write an event to the outbox inside the caller's open transaction."""
+        await session.execute(
+            insert(self.tables.outbox).values(
+                topic=topic.name,
+                key=event.household_key,
+                payload=encode_event(event),
+                headers={**current_trace_headers(), "event_type": event.__class__.__name__},
+            )
+        )
+
+    async def stage_raw(
+        self, session: AsyncSession, topic: Topic, key: str, payload: bytes, headers: dict
+    ) -> None:
+        await session.execute(
+            insert(self.tables.outbox).values(
+                topic=topic.name, key=key, payload=payload, headers=headers
+            )
+        )
+
+    def wake(self) -> None:
+        """Tell the relay a transaction with outbox rows committed."""
+        self._wake.set()
+
+    async def pending(self, session: AsyncSession) -> int:
+        return int(await session.scalar(select(func.count()).select_from(self.tables.outbox)) or 0)
+
+    async def relay_once(
+        self, session_factory: async_sessionmaker, broker: KafkaBroker, batch_size: int
+    ) -> int:
+        """Publish one batch of committed rows; returns how many were published."""
+        outbox = self.tables.outbox
+        async with session_factory() as session, session.begin():
+            rows = (
+                await session.execute(
+                    select(
+                        outbox.c.id,
+                        outbox.c.topic,
+                        outbox.c.key,
+                        outbox.c.payload,
+                        outbox.c.headers,
+                    )
+                    .order_by(outbox.c.id)
+                    .limit(batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            if not rows:
+                return 0
+            # Enqueue in id order (keeps per-key order), then wait for every acknowledgement.
+            confirmations = [await self._publish(broker, row) for row in rows]
+            await asyncio.gather(*confirmations)
+            await session.execute(delete(outbox).where(outbox.c.id.in_([row.id for row in rows])))
+        for row in rows:
+            metrics.EVENTS_PUBLISHED.labels(topic=row.topic).inc()
+        return len(rows)
+
+    @staticmethod
+    async def _publish(broker: KafkaBroker, row: Any) -> asyncio.Future:
+        headers: dict[str, str] = dict(row.headers)
+        token = otel_context.attach(context_from_headers(headers))
+        try:
+            with tracer(__name__).start_as_current_span(
+                f"{row.topic} publish",
+                kind=SpanKind.PRODUCER,
+                attributes={"messaging.system": "kafka", "messaging.destination.name": row.topic},
+            ):
+                headers.update(current_trace_headers())
+                return await broker.publish(  # type: ignore[return-value]
+                    row.payload, row.topic, key=row.key.encode(), headers=headers, no_confirm=True
+                )
+        finally:
+            otel_context.detach(token)
+
+    async def run_relay(
+        self,
+        session_factory: async_sessionmaker,
+        broker: KafkaBroker,
+        *,
+        batch_size: int,
+        poll_interval_s: float,
+    ) -> None:
+        """Relay until cancelled; commits in this process wake it, others are polled for."""
+        while True:
+            try:
+                published = await self.relay_once(session_factory, broker, batch_size)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the relay must outlive a broker or database hiccup
+                log.warning("outbox relay round failed", error=type(exc).__name__)
+                published = 0
+                await asyncio.sleep(poll_interval_s)
+            if published == batch_size:
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=poll_interval_s)
+
+
+async def first_delivery(
+    session: AsyncSession, tables: MessagingTables, event_id: Any, topic: str, outcome: str
+) -> bool:
+    """Record an event id in the inbox; False if it was processed before."""
+    result = await session.execute(
+        pg_insert(tables.inbox)
+        .values(
+            event_id=event_id, topic=topic, outcome=outcome, processed_at=dt.datetime.now(dt.UTC)
+        )
+        .on_conflict_do_nothing(index_elements=["event_id"])
+        .returning(tables.inbox.c.event_id)
+    )
+    return result.first() is not None
+
+
+def span_for_record(topic: str, headers: dict[str, str]) -> trace.Span:
+    """A consumer span whose parent is the producer span that published the record."""
+    return tracer(__name__).start_span(
+        f"{topic} process",
+        context=context_from_headers(headers),
+        kind=SpanKind.CONSUMER,
+        attributes={"messaging.system": "kafka", "messaging.destination.name": topic},
+    )

@@ -1,0 +1,159 @@
+"""What every service process is: a FastAPI app with health and metrics, a Kafka broker
+with its consumers, and an outbox relay, started and stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+import uvicorn
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
+from faststream.kafka import KafkaBroker
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+from prometheus_client import make_asgi_app
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from shared import metrics, telemetry
+from shared.db import make_engine, make_session_factory
+from shared.messaging import BatchConsumer, Subscription, make_broker
+from shared.outbox import MessagingTables, Outbox
+from shared.settings import ServiceSettings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Runtime:
+    """The I/O a service's handlers and routes work with."""
+
+    settings: ServiceSettings
+    engine: AsyncEngine
+    session_factory: async_sessionmaker
+    broker: KafkaBroker
+    outbox: Outbox
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, settings: ServiceSettings, tables: MessagingTables) -> Runtime:
+        engine = make_engine(settings.database_url)
+        return cls(
+            settings=settings,
+            engine=engine,
+            session_factory=make_session_factory(engine),
+            broker=make_broker(settings),
+            outbox=Outbox(tables),
+        )
+
+
+def create_service_app(
+    *,
+    settings: ServiceSettings,
+    tables: MessagingTables,
+    subscriptions: Sequence[Subscription] = (),
+    routers: Sequence[APIRouter] = (),
+    title: str,
+    description: str,
+    version: str = "1.0.0",
+    runtime: Runtime | None = None,
+) -> FastAPI:
+    telemetry.configure(settings)
+    runtime = runtime or Runtime.create(settings, tables)
+    if subscriptions:
+        BatchConsumer(
+            settings=settings,
+            subscriptions=subscriptions,
+            session_factory=runtime.session_factory,
+            outbox=runtime.outbox,
+            tables=tables,
+        ).register(runtime.broker)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        SQLAlchemyInstrumentor().instrument(engine=runtime.engine.sync_engine)
+        await runtime.broker.start()
+        runtime.tasks.append(
+            asyncio.create_task(
+                runtime.outbox.run_relay(
+                    runtime.session_factory,
+                    runtime.broker,
+                    batch_size=settings.outbox_batch_size,
+                    poll_interval_s=settings.outbox_poll_interval_s,
+                ),
+                name="outbox-relay",
+            )
+        )
+        log.info("service started", port=settings.http_port)
+        try:
+            yield
+        finally:
+            for task in runtime.tasks:
+                task.cancel()
+            await asyncio.gather(*runtime.tasks, return_exceptions=True)
+            await runtime.broker.stop()
+            await runtime.engine.dispose()
+            log.info("service stopped")
+
+    app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
+    app.state.runtime = runtime
+
+    @app.middleware("http")
+    async def api_version_header(request: Request, call_next):  # type: ignore[no-untyped-def]
+        response = await call_next(request)
+        response.headers["API-Version"] = version
+        return response
+
+    @app.get("/health/live", tags=["beheer"], summary="Process is alive")
+    async def live() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/health/ready", tags=["beheer"], summary="Database and broker reachable")
+    async def ready() -> JSONResponse:
+        checks = {"database": await _database_ok(runtime), "broker": await _broker_ok(runtime)}
+        async with runtime.session_factory() as session:
+            if checks["database"]:
+                metrics.OUTBOX_PENDING.set(await runtime.outbox.pending(session))
+        ok = all(checks.values())
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", "checks": checks},
+            status_code=200 if ok else 503,
+        )
+
+    for router in routers:
+        app.include_router(router)
+    app.mount("/metrics", make_asgi_app())
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="health/.*,metrics")
+    return app
+
+
+async def _database_ok(runtime: Runtime) -> bool:
+    try:
+        async with runtime.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return True
+    except Exception:
+        return False
+
+
+async def _broker_ok(runtime: Runtime) -> bool:
+    try:
+        return bool(await runtime.broker.ping(timeout=2.0))
+    except Exception:
+        return False
+
+
+def serve(app: FastAPI, settings: ServiceSettings) -> None:
+    """Run one service process until SIGINT/SIGTERM."""
+    uvicorn.run(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )

@@ -1,0 +1,122 @@
+"""Settings every service shares; each service subclasses `ServiceSettings` for its own.
+
+A process is one service: its environment is its configuration (VROEG_*). The embedded
+stack (`vroeg up`) writes the values it chose to `.vroeg/runtime.env`, which every
+settings class reads as well, so a CLI started in another terminal finds the same stack.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+RUNTIME_ENV_FILE = ".vroeg/runtime.env"
+
+# Development-only secrets. They make `make run` work with no configuration at all and are
+# refused when VROEG_ENVIRONMENT=production (see `refuse_development_secrets`).
+DEVELOPMENT_SECRET_PREFIX = "development-only-"
+
+
+class ServiceSettings(BaseSettings):
+    """Settings shared by every service; read from VROEG_* variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VROEG_",
+        env_file=RUNTIME_ENV_FILE,
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    service_name: ClassVar[str] = "shared"
+    default_port: ClassVar[int] = 8000
+
+    environment: Literal["development", "production"] = Field(
+        "development",
+        description="`production` refuses development secrets and turns on strict checks.",
+    )
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, comma separated."
+    )
+    kafka_idempotence: bool = Field(
+        False,
+        description="Idempotent producer. Off for the embedded Tansu broker (unsupported there); "
+        "turn on with Apache Kafka.",
+    )
+    kafka_partitions: int = Field(6, description="Partitions per topic when topics are created.")
+    postgres_url: str = Field(
+        "postgresql+asyncpg://postgres@127.0.0.1:5432",
+        description="PostgreSQL server URL (SQLAlchemy form); each service sets its own database.",
+    )
+    database_prefix: str = Field(
+        "vroeg", description="Each service's database is named <prefix>_<service>."
+    )
+    http_host: str = Field("127.0.0.1", description="Interface the HTTP server binds to.")
+    port: int | None = Field(
+        None, description="HTTP port; default per service (intake 8001 ... retention 8005)."
+    )
+    household_key_secret: SecretStr = Field(
+        SecretStr(DEVELOPMENT_SECRET_PREFIX + "household-key"),
+        description="Regional secret for the keyed hash of normalised addresses.",
+    )
+    otel_exporter: Literal["none", "console", "otlp", "file"] = Field(
+        "none", description="Where spans go: OTLP/HTTP in production, a JSON-lines file in tests."
+    )
+    otel_file: str = Field(
+        ".vroeg/traces/spans.jsonl", description="Span file when otel_exporter=file."
+    )
+    otel_endpoint: str = Field(
+        "http://127.0.0.1:4318/v1/traces", description="OTLP/HTTP endpoint when otel_exporter=otlp."
+    )
+    log_level: str = Field("INFO", description="Log level of the structured (JSON) logs.")
+    consumer_batch_size: int = Field(500, description="Most records a consumer takes per batch.")
+    consumer_max_attempts: int = Field(
+        3, description="Attempts at one message before it goes to the dead-letter topic."
+    )
+    consumer_retry_backoff_s: float = Field(
+        0.5, description="First wait before retrying after an infrastructure error (doubles)."
+    )
+    consumer_session_timeout_ms: int = Field(
+        6_000, description="Kafka consumer session timeout; a dead replica is noticed after it."
+    )
+    consumer_max_poll_interval_ms: int = Field(
+        60_000, description="Longest a batch may take before the broker assumes the consumer hung."
+    )
+    outbox_batch_size: int = Field(1000, description="Most outbox rows relayed per round.")
+    outbox_poll_interval_s: float = Field(
+        0.25, description="Relay poll interval; commits in this process wake it at once."
+    )
+
+    @property
+    def http_port(self) -> int:
+        return self.port or self.default_port
+
+    @property
+    def database_name(self) -> str:
+        return f"{self.database_prefix}_{self.service_name}"
+
+    @property
+    def database_url(self) -> str:
+        url = make_url(self.postgres_url).set(database=self.database_name)
+        return url.render_as_string(hide_password=False)
+
+    @property
+    def consumer_group(self) -> str:
+        return f"{self.database_prefix}-{self.service_name}"
+
+    @model_validator(mode="after")
+    def refuse_development_secrets(self) -> ServiceSettings:
+        if self.environment == "production":
+            for name, value in self.secret_values().items():
+                if value.startswith(DEVELOPMENT_SECRET_PREFIX):
+                    raise ValueError(f"{name} still holds a development secret")
+        return self
+
+    def secret_values(self) -> dict[str, str]:
+        return {
+            name: value.get_secret_value()
+            for name, value in self.__dict__.items()
+            if isinstance(value, SecretStr)
+        }

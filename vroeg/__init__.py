@@ -1,0 +1,1 @@
+"""Operator tooling: the `vroeg` command line and the embedded stack."""
