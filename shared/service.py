@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -61,6 +61,7 @@ def create_service_app(
     description: str,
     version: str = "1.0.0",
     runtime: Runtime | None = None,
+    on_startup: Callable[[Runtime], Awaitable[None]] | None = None,
 ) -> FastAPI:
     telemetry.configure(settings)
     runtime = runtime or Runtime.create(settings, tables)
@@ -76,6 +77,8 @@ def create_service_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         SQLAlchemyInstrumentor().instrument(engine=runtime.engine.sync_engine)
+        if on_startup is not None:
+            await on_startup(runtime)
         await runtime.broker.start()
         runtime.tasks.append(
             asyncio.create_task(

@@ -11,8 +11,9 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 from opentelemetry import context as otel_context
@@ -129,7 +130,9 @@ def _configure_logging(settings: ServiceSettings) -> None:
     structlog.contextvars.bind_contextvars(service=settings.service_name)
 
 
-def _add_trace_ids(_logger: object, _method: str, event: dict) -> dict:
+def _add_trace_ids(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     ctx = trace.get_current_span().get_span_context()
     if ctx.is_valid:
         event["trace_id"] = format(ctx.trace_id, "032x")

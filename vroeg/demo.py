@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import json
 import random
 from collections.abc import Iterator
@@ -49,14 +50,13 @@ _PLACES = {
 _SURNAMES = ("Jansma", "Bakker", "de Vries", "Hoekstra", "Mulder", "Smit", "Dijkstra", "Visser")
 
 
-def test_bsns(start: int = 999_990_000) -> Iterator[str]:
-    """BSNs that pass the elfproef, from the test range no real person has."""
-    number = start
-    while number < 1_000_000_000:
-        candidate = f"{number:09d}"
-        if bsn_rules.is_valid(candidate):
-            yield candidate
-        number += 1
+def test_bsns() -> Iterator[str]:
+    """BSNs that pass the elfproef, from the 99999xxxx test range no real person has;
+    after its ~900 numbers the sequence starts again."""
+    valid = [
+        f"{n:09d}" for n in range(999_990_000, 1_000_000_000) if bsn_rules.is_valid(f"{n:09d}")
+    ]
+    return itertools.cycle(valid)
 
 
 @dataclass(frozen=True)

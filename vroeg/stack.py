@@ -189,6 +189,7 @@ class Stack:
 
     env: dict[str, str]
     log_dir: Path
+    trace_dir: Path | None = None
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -202,10 +203,13 @@ class Stack:
         name = name or spec.name
         port = port or self.ports.get(name) or spec.settings().http_port
         self.ports[name] = port
+        env = {**os.environ, **self.env, "VROEG_PORT": str(port)}
+        if self.trace_dir is not None:
+            env["VROEG_OTEL_FILE"] = str(self.trace_dir / f"{name}.jsonl")
         process = ManagedProcess(
             name,
             [sys.executable, "-m", spec.module],
-            {**os.environ, **self.env, "VROEG_PORT": str(port)},
+            env,
             self.log_dir / f"{name}.log",
         ).start()
         self.processes[name] = process

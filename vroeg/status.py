@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from services.registry import SERVICES
 from shared.db import make_engine
+from shared.events import TOPICS
 
 # The table that counts a service's stage of the flow.
 STAGE_TABLES = {
@@ -54,6 +55,8 @@ async def _service_status(name: str, url: str, database_url: str) -> ServiceStat
             ready = False
     table, stage = STAGE_TABLES[name]
     engine = make_engine(database_url, pool_size=1)
+    count: int | None
+    pending: int | None
     try:
         async with engine.connect() as conn:
             count = int((await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one())
@@ -65,28 +68,61 @@ async def _service_status(name: str, url: str, database_url: str) -> ServiceStat
     return ServiceStatus(name, url, ready, stage, count, pending)
 
 
+async def end_offsets(
+    bootstrap: str, partitions: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """The high watermark of each partition, read from a fetch of its last batch.
+
+    ListOffsets of the embedded Tansu build answers the last batch's base offset + 1,
+    not the end; a fetch's high watermark is right on Tansu and Apache Kafka alike.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        reported = await consumer.end_offsets(partitions)
+        consumer.assign(partitions)
+        for tp in partitions:
+            consumer.seek(tp, max(reported[tp] - 1, 0))
+        pending = {tp for tp in partitions if reported[tp] > 0}
+        deadline = asyncio.get_running_loop().time() + 10
+        while pending and asyncio.get_running_loop().time() < deadline:
+            await consumer.getmany(*pending, timeout_ms=500, max_records=1)
+            pending = {tp for tp in pending if consumer.highwater(tp) is None}
+        return {tp: consumer.highwater(tp) or reported[tp] for tp in partitions}
+    finally:
+        await consumer.stop()
+
+
 async def consumer_lag(bootstrap: str) -> list[GroupLag]:
     """Committed offset against end offset per group, topic and partition (broker side)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await admin.start()
-    await consumer.start()
     try:
-        groups = [g[0] for g in await admin.list_consumer_groups()]
-        lags: list[GroupLag] = []
-        for group in sorted(groups):
-            offsets = await admin.list_consumer_group_offsets(group)
-            if not offsets:
-                continue
-            ends = await consumer.end_offsets(list(offsets))
-            for tp, meta in sorted(
-                offsets.items(), key=lambda item: (item[0].topic, item[0].partition)
-            ):
-                lags.append(GroupLag(group, tp.topic, tp.partition, meta.offset, ends.get(tp, 0)))
-        return lags
+        groups = sorted(g[0] for g in await admin.list_consumer_groups())
+        existing = set(await admin.list_topics())
+        described = await admin.describe_topics([t.name for t in TOPICS if t.name in existing])
     finally:
-        await consumer.stop()
         await admin.close()
+    partitions = [
+        TopicPartition(topic["topic"], p["partition"])
+        for topic in described
+        for p in sorted(topic["partitions"], key=lambda p: p["partition"])
+    ]
+    ends = await end_offsets(bootstrap, partitions)
+    lags: list[GroupLag] = []
+    for group in groups:
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+        )
+        await reader.start()
+        try:
+            for tp in partitions:
+                committed = await reader.committed(tp)
+                if committed is not None:
+                    lags.append(GroupLag(group, tp.topic, tp.partition, committed, ends[tp]))
+        finally:
+            await reader.stop()
+    return lags
 
 
 async def gather(bootstrap: str) -> dict:
@@ -110,6 +146,3 @@ async def gather(bootstrap: str) -> dict:
         "consumer_lag": [{**asdict(lag), "lag": lag.lag} for lag in lags],
         "consumer_lag_error": lag_error,
     }
-
-
-__all__ = ["GroupLag", "ServiceStatus", "TopicPartition", "consumer_lag", "gather"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Header, Request, Response
 from sqlalchemy import select
@@ -19,7 +19,7 @@ from shared.events import utc_now
 
 router = APIRouter()
 
-_PROBLEM = {"content": {"application/problem+json": {}}}
+_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 
 
 def _basic_credentials(authorization: str | None) -> tuple[str, str] | None:

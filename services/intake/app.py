@@ -2,11 +2,17 @@
 
 from fastapi import FastAPI
 
-from services.intake import problems
+from services.intake import handlers, problems
 from services.intake.api import router
 from services.intake.models import messaging
 from services.intake.settings import IntakeSettings
-from shared.service import create_service_app, serve
+from shared.service import Runtime, create_service_app, serve
+
+
+async def register_region(runtime: Runtime) -> None:
+    """The region's municipalities are the tenants; make sure they exist."""
+    async with runtime.session_factory() as session, session.begin():
+        await handlers.register_municipalities(session)
 
 
 def create_app(settings: IntakeSettings | None = None) -> FastAPI:
@@ -17,6 +23,7 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
         routers=[router],
         title="Vroegsignalering – signaal-API voor partners",
         description="Signaalpartners leveren hier betalingsachterstanden aan bij de gemeente.",
+        on_startup=register_region,
     )
     problems.install(app)
     return app

@@ -39,8 +39,13 @@ class MatchVerdict:
 
 
 def joins_open_match(signal_received: dt.datetime, match_forwarded: dt.datetime) -> bool:
-    """A signal joins a household's match while that match's 28-day window is open."""
-    return match_forwarded <= signal_received < match_forwarded + MATCH_WINDOW
+    """A signal joins a household's match while that match's 28-day window is open.
+
+    Signals may be processed in another order than they were received (concurrent
+    deliveries commit out of order), so one received shortly before the match was
+    forwarded joins it too, rather than opening a second case for the same household.
+    """
+    return match_forwarded - MATCH_WINDOW < signal_received < match_forwarded + MATCH_WINDOW
 
 
 def latest_per_creditor(signals: Iterable[SignalFact]) -> dict[uuid.UUID, SignalFact]:

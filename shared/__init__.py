@@ -1,0 +1,1 @@
+"""The common library of the services: event contracts, messaging, database, telemetry, settings."""

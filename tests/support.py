@@ -1,0 +1,109 @@
+"""What the integration and end-to-end tests share: partners, signals, polling."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import httpx
+
+from vroeg.demo import DemoHousehold, households, signal_body
+
+T = TypeVar("T")
+
+
+def vroeg_cli(*args: str) -> str:
+    """Run the real `vroeg` command line (as an operator would) and return its output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "vroeg.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ.copy(),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def add_partner(naam: str, soort: str) -> dict[str, str]:
+    credentials = json.loads(vroeg_cli("partner", "add", "--naam", naam, "--type", soort, "--json"))
+    return {**credentials, "naam": naam, "soort": soort}
+
+
+def token(client: httpx.Client, partner: dict[str, str]) -> str:
+    response = client.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials"},
+        auth=(partner["client_id"], partner["client_secret"]),
+    )
+    assert response.status_code == 200, response.text
+    return str(response.json()["access_token"])
+
+
+def fresh_households(count: int, seed: int) -> list[DemoHousehold]:
+    """Synthetic households at addresses no other test uses: the seed (< 1000) picks the
+    house numbers, the index the postcode letters."""
+    homes = households(count, random.Random(seed))
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    unique = []
+    for index, home in enumerate(homes):
+        block = index // 100
+        postcode = f"{home.postcode[:4]} {letters[block // 26 % 26]}{letters[block % 26]}"
+        unique.append(
+            DemoHousehold(
+                **{
+                    **home.__dict__,
+                    "postcode": postcode,
+                    "huisnummer": seed * 100 + index % 100 + 1,
+                }
+            )
+        )
+    return unique
+
+
+def signal_for(
+    home: DemoHousehold,
+    partner: dict[str, str],
+    partner_signaal_id: str,
+    amount: str = "734.50",
+    signaaldatum: dt.date | None = None,
+) -> dict:
+    return signal_body(
+        home,
+        partner_signaal_id=partner_signaal_id,
+        soort=partner["soort"],
+        amount=amount,
+        signaaldatum=signaaldatum or dt.date.today().replace(day=1),
+    )
+
+
+def poll(probe: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.1) -> T:
+    """Poll until `probe` returns something truthy (a deadline, not a sleep for sync)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+async def apoll(probe, timeout_s: float, what: str, interval_s: float = 0.1):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        await asyncio.sleep(interval_s)

@@ -1,0 +1,39 @@
+import pytest
+from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from shared.events import decode_event
+from shared.messaging import Rejected, failure_reason, is_infrastructure_error
+from shared.settings import ServiceSettings
+
+
+class _Orig(Exception):
+    def __init__(self, sqlstate: str) -> None:
+        self.sqlstate = sqlstate
+
+
+def test_unreachable_database_or_broker_is_infrastructure_not_poison() -> None:
+    assert is_infrastructure_error(ConnectionRefusedError())
+    assert is_infrastructure_error(OperationalError("SELECT 1", {}, _Orig("08006")))
+    assert is_infrastructure_error(IntegrityError("x", {}, _Orig("40P01")))  # deadlock
+
+
+def test_a_broken_rule_is_poison() -> None:
+    assert not is_infrastructure_error(IntegrityError("x", {}, _Orig("23505")))
+    assert not is_infrastructure_error(ValueError("bad"))
+    assert not is_infrastructure_error(Rejected("bad"))
+
+
+def test_failure_reason_names_the_rule_but_never_the_data() -> None:
+    with pytest.raises(ValidationError) as caught:
+        decode_event(b'{"event_type":"SignalReceived","gemeentecode":"Jansen, Brinkstraat 12"}')
+    reason = failure_reason(caught.value)
+    assert "gemeentecode" in reason
+    assert "Jansen" not in reason and "Brinkstraat" not in reason
+    assert failure_reason(KeyError("Jansen")) == "handler error: KeyError"
+
+
+def test_production_refuses_development_secrets() -> None:
+    with pytest.raises(ValidationError, match="development secret"):
+        ServiceSettings(environment="production", _env_file=None)
+    ServiceSettings(environment="production", household_key_secret="a-real-secret", _env_file=None)
