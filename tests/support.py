@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import inspect
 import json
 import os
 import random
@@ -99,9 +100,12 @@ def poll(probe: Callable[[], T | None], timeout_s: float, what: str, interval_s:
 
 
 async def apoll(probe, timeout_s: float, what: str, interval_s: float = 0.1):  # type: ignore[no-untyped-def]
+    """`poll` for the event loop; the probe may be a plain or a coroutine function."""
     deadline = time.monotonic() + timeout_s
     while True:
-        value = await probe()
+        value = probe()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:

@@ -1,0 +1,229 @@
+"""The consumer promises, on the real broker and PostgreSQL: offsets committed only after
+the database transaction, duplicates dropped, poison to the dead-letter topic with the
+reason, infrastructure errors retried and never dead-lettered, outbox atomic."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import uuid
+from collections.abc import Awaitable, Callable
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from sqlalchemy import select
+
+from services.feedback.models import messaging as tables
+from services.feedback.settings import FeedbackSettings
+from shared.db import make_engine, make_session_factory
+from shared.events import OutreachDue, Topic, encode_event
+from shared.messaging import BatchConsumer, Subscription, make_broker
+from shared.outbox import Outbox
+from tests.conftest import Infra
+from tests.support import apoll
+
+pytestmark = pytest.mark.integration
+
+Handler = Callable[[object, OutreachDue], Awaitable[None]]
+
+
+def due_event() -> OutreachDue:
+    return OutreachDue(
+        gemeentecode="GM1731",
+        household_key=uuid.uuid4().hex * 2,
+        case_id=uuid.uuid4(),
+        match_id=uuid.uuid4(),
+        doorgestuurd_op=dt.datetime(2026, 11, 2, tzinfo=dt.UTC),
+        termijn=dt.date(2026, 11, 30),
+        signalen=(),
+    )
+
+
+class Harness:
+    """One consumer (the real BatchConsumer) on a private topic, with its outbox relay."""
+
+    def __init__(self, infra: Infra, handler: Handler) -> None:
+        self.settings = FeedbackSettings(consumer_retry_backoff_s=0.05)
+        self.topic = Topic(f"test.{uuid.uuid4().hex[:10]}", (OutreachDue,), "test")
+        self.engine = make_engine(self.settings.database_url)
+        self.session_factory = make_session_factory(self.engine)
+        self.outbox = Outbox(tables)
+        self.broker = make_broker(self.settings)
+        self.consumer = BatchConsumer(
+            settings=self.settings,
+            subscriptions=[Subscription(self.topic, handler)],
+            session_factory=self.session_factory,
+            outbox=self.outbox,
+            tables=tables,
+        )
+        self.consumer.group_id = f"test-{uuid.uuid4().hex[:10]}"
+        self.infra = infra
+
+    async def __aenter__(self) -> Harness:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.infra.kafka_bootstrap)
+        await admin.start()
+        await admin.create_topics([NewTopic(self.topic.name, 1, 1)])
+        await admin.close()
+        self.consumer.register(self.broker)
+        await self.broker.start()
+        self.relay = asyncio.create_task(
+            self.outbox.run_relay(
+                self.session_factory, self.broker, batch_size=100, poll_interval_s=0.05
+            )
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.relay.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.relay
+        await self.broker.stop()
+        await self.engine.dispose()
+
+    async def publish(self, payload: bytes, key: bytes = b"k") -> None:
+        await self.broker.publish(payload, self.topic.name, key=key)
+
+    async def inbox_outcome(self, event_id: uuid.UUID) -> str | None:
+        async with self.session_factory() as session:
+            return await session.scalar(
+                select(tables.inbox.c.outcome).where(tables.inbox.c.event_id == event_id)
+            )
+
+    async def committed(self) -> int:
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=self.infra.kafka_bootstrap, group_id=self.consumer.group_id
+        )
+        await reader.start()
+        try:
+            return await reader.committed(TopicPartition(self.topic.name, 0)) or 0
+        finally:
+            await reader.stop()
+
+    async def committed_is(self, offset: int) -> bool:
+        return await self.committed() == offset
+
+    async def dead_letters(self, expected: int) -> list:
+        """Records of the dead-letter topic that came from this harness' topic."""
+        reader = AIOKafkaConsumer(
+            "deadletter",
+            bootstrap_servers=self.infra.kafka_bootstrap,
+            group_id=f"dlq-reader-{uuid.uuid4().hex[:8]}",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await reader.start()
+        found: list = []
+        try:
+
+            async def enough() -> bool:
+                batches = await reader.getmany(timeout_ms=200)
+                for records in batches.values():
+                    for record in records:
+                        headers = {k: v.decode() for k, v in record.headers}
+                        if headers.get("dlq.topic") == self.topic.name:
+                            found.append((record, headers))
+                return len(found) >= expected
+
+            await apoll(enough, 30, f"{expected} dead letter(s)")
+            return found
+        finally:
+            await reader.stop()
+
+
+async def test_poison_goes_to_the_dead_letter_topic_and_the_consumer_goes_on(infra: Infra) -> None:
+    handled: list[uuid.UUID] = []
+
+    async def handle(session: object, event: OutreachDue) -> None:
+        handled.append(event.event_id)
+
+    good = due_event()
+    async with Harness(infra, handle) as harness:
+        await harness.publish(b'{"not": "an event", "bsn": "999990019"}')
+        await harness.publish(encode_event(good))
+        await apoll(lambda: good.event_id in handled, 30, "the good event")
+        [(record, headers)] = await harness.dead_letters(expected=1)
+    assert record.value == b'{"not": "an event", "bsn": "999990019"}'
+    assert headers["dlq.reason"].startswith("invalid event")
+    assert "999990019" not in headers["dlq.reason"]
+    assert headers["dlq.group"] == harness.consumer.group_id
+    assert headers["dlq.offset"] == "0"
+
+
+async def test_a_redelivered_event_is_processed_once(infra: Infra) -> None:
+    handled: list[uuid.UUID] = []
+
+    async def handle(session: object, event: OutreachDue) -> None:
+        handled.append(event.event_id)
+
+    event = due_event()
+    async with Harness(infra, handle) as harness:
+        await harness.publish(encode_event(event))
+        await harness.publish(encode_event(event))
+        await apoll(lambda: harness.committed_is(2), 30, "both copies consumed")
+        assert await harness.inbox_outcome(event.event_id) == "processed"
+    assert handled == [event.event_id]
+
+
+async def test_a_handler_that_keeps_failing_dead_letters_after_bounded_attempts(
+    infra: Infra,
+) -> None:
+    attempts: list[uuid.UUID] = []
+    bad, good = due_event(), due_event()
+
+    async def handle(session: object, event: OutreachDue) -> None:
+        attempts.append(event.event_id)
+        if event.event_id == bad.event_id:
+            raise ValueError("rule broken")
+
+    async with Harness(infra, handle) as harness:
+        await harness.publish(encode_event(bad))
+        await harness.publish(encode_event(good))
+        [(_record, headers)] = await harness.dead_letters(expected=1)
+        assert await harness.inbox_outcome(bad.event_id) == "deadlettered"
+        assert await harness.inbox_outcome(good.event_id) == "processed"
+    assert attempts.count(bad.event_id) == harness.settings.consumer_max_attempts
+    assert attempts.count(good.event_id) == 1
+    assert headers["dlq.reason"] == "handler error: ValueError"
+
+
+async def test_an_infrastructure_error_is_retried_and_never_dead_lettered(infra: Infra) -> None:
+    calls: list[uuid.UUID] = []
+    event = due_event()
+
+    async def handle(session: object, incoming: OutreachDue) -> None:
+        calls.append(incoming.event_id)
+        if len(calls) <= 4:  # more failures than consumer_max_attempts
+            raise ConnectionResetError("database went away")
+
+    async with Harness(infra, handle) as harness:
+        await harness.publish(encode_event(event))
+
+        async def processed() -> bool:
+            return await harness.inbox_outcome(event.event_id) == "processed"
+
+        await apoll(processed, 30, "the event processed after the outage")
+    assert len(calls) == 5
+
+
+async def test_the_outbox_publishes_only_what_committed(infra: Infra) -> None:
+    async def ignore(session: object, event: OutreachDue) -> None:
+        return None
+
+    kept, rolled_back = due_event(), due_event()
+    async with Harness(infra, ignore) as harness:
+        with contextlib.suppress(RuntimeError):
+            async with harness.session_factory() as session, session.begin():
+                await harness.outbox.stage(session, harness.topic, rolled_back)
+                raise RuntimeError("the state change failed")
+        async with harness.session_factory() as session, session.begin():
+            await harness.outbox.stage(session, harness.topic, kept)
+        harness.outbox.wake()
+
+        async def kept_consumed() -> bool:
+            return await harness.inbox_outcome(kept.event_id) == "processed"
+
+        await apoll(kept_consumed, 30, "the committed event")
+        assert await harness.committed() == 1
+        assert await harness.inbox_outcome(rolled_back.event_id) is None
