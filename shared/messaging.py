@@ -33,7 +33,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared import metrics
 from shared.events import DEAD_LETTER, AnyEvent, Topic, decode_event
-from shared.outbox import MessagingTables, Outbox, first_delivery, span_for_record
+from shared.outbox import (
+    MessagingTables,
+    Outbox,
+    first_deliveries,
+    first_delivery,
+    span_for_record,
+)
 from shared.settings import ServiceSettings
 from shared.telemetry import kafka_headers_to_dict
 
@@ -94,6 +100,18 @@ class Subscription:
     handle: Handler
 
 
+class _IsolateRecords(Exception):
+    """A batch holds a message that cannot be processed: handle it record by record.
+
+    `spent_on` is the event whose handler already failed once in the batch: that attempt
+    counts towards its bound.
+    """
+
+    def __init__(self, spent_on: Any = None) -> None:
+        super().__init__()
+        self.spent_on = spent_on
+
+
 class BatchConsumer:
     """Consumes a service's topics in batches, one consumer group per service (see the
     module docstring); replicas of the service share the partitions."""
@@ -141,10 +159,18 @@ class BatchConsumer:
         raw = msg.raw_message
         records = raw if isinstance(raw, tuple | list) else (raw,)
         with metrics.BATCH_SECONDS.labels(group=self.group_id).time():
+            outcomes: list[tuple[str, str]] = []
             try:
-                async with self.session_factory() as session, session.begin():
-                    for record in records:
-                        await self._process(session, record)
+                try:
+                    async with self.session_factory() as session, session.begin():
+                        await self._process_batch(session, records, outcomes)
+                except _IsolateRecords as isolate:
+                    # Something in the batch is poison: redo it record by record, each in
+                    # a savepoint, so only the poison goes to the dead-letter topic.
+                    outcomes.clear()
+                    async with self.session_factory() as session, session.begin():
+                        for record in records:
+                            await self._process(session, record, outcomes, isolate.spent_on)
             except Exception as exc:
                 if not is_infrastructure_error(exc):
                     log.exception("unexpected batch failure", group=self.group_id)
@@ -160,13 +186,50 @@ class BatchConsumer:
                 self._backoff_s = min(self._backoff_s * 2, 30.0)
                 return
         self._backoff_s = self.settings.consumer_retry_backoff_s
+        for topic, outcome in outcomes:  # counted once the transaction committed
+            metrics.EVENTS_CONSUMED.labels(topic=topic, outcome=outcome).inc()
         self.outbox.wake()
         try:
             await msg.ack()
         except KafkaError as exc:  # partitions moved away: the new owner's inbox dedupes
             log.warning("offset commit failed", group=self.group_id, error=type(exc).__name__)
 
-    async def _process(self, session: AsyncSession, record: Any) -> None:
+    async def _process_batch(
+        self, session: AsyncSession, records: Sequence[Any], outcomes: list[tuple[str, str]]
+    ) -> None:
+        """The common case in few round trips: one inbox statement for the whole batch and
+        no savepoints. Any failure that is not infrastructure asks for isolation."""
+        try:
+            decoded = [(record, decode_event(record.value)) for record in records]
+        except ValidationError:
+            raise _IsolateRecords from None
+        fresh = await first_deliveries(
+            session, self.tables, [(event.event_id, record.topic) for record, event in decoded]
+        )
+        for record, event in decoded:
+            if event.event_id not in fresh:  # seen before, or twice in this batch
+                outcomes.append((record.topic, "duplicate"))
+                continue
+            fresh.discard(event.event_id)
+            span = span_for_record(record.topic, kafka_headers_to_dict(record.headers))
+            with trace.use_span(span, end_on_exit=True):
+                span.set_attribute("messaging.message.id", str(event.event_id))
+                span.set_attribute("vroeg.gemeentecode", event.gemeentecode)
+                try:
+                    await self.handlers[record.topic](session, event)
+                except Exception as exc:
+                    if is_infrastructure_error(exc):
+                        raise
+                    raise _IsolateRecords(spent_on=event.event_id) from exc
+            outcomes.append((record.topic, "processed"))
+
+    async def _process(
+        self,
+        session: AsyncSession,
+        record: Any,
+        outcomes: list[tuple[str, str]],
+        spent_on: Any = None,
+    ) -> None:
         topic = record.topic
         headers = kafka_headers_to_dict(record.headers)
         span = span_for_record(topic, headers)
@@ -174,29 +237,32 @@ class BatchConsumer:
             try:
                 event = decode_event(record.value)
             except ValidationError as exc:
-                await self._dead_letter(session, record, headers, failure_reason(exc))
+                await self._dead_letter(session, record, headers, failure_reason(exc), outcomes)
                 return
             span.set_attribute("messaging.message.id", str(event.event_id))
             span.set_attribute("vroeg.gemeentecode", event.gemeentecode)
             if not await first_delivery(session, self.tables, event.event_id, topic, "processed"):
-                metrics.EVENTS_CONSUMED.labels(topic=topic, outcome="duplicate").inc()
+                outcomes.append((topic, "duplicate"))
                 return
-            error = await self._handle_with_retries(session, self.handlers[topic], event)
+            attempts = self.settings.consumer_max_attempts - (event.event_id == spent_on)
+            error = await self._handle_with_retries(
+                session, self.handlers[topic], event, max(attempts, 1)
+            )
             if error is None:
-                metrics.EVENTS_CONSUMED.labels(topic=topic, outcome="processed").inc()
+                outcomes.append((topic, "processed"))
                 return
             await session.execute(
                 update(self.tables.inbox)
                 .where(self.tables.inbox.c.event_id == event.event_id)
                 .values(outcome="deadlettered")
             )
-            await self._dead_letter(session, record, headers, failure_reason(error))
+            await self._dead_letter(session, record, headers, failure_reason(error), outcomes)
 
     async def _handle_with_retries(
-        self, session: AsyncSession, handle: Handler, event: AnyEvent
+        self, session: AsyncSession, handle: Handler, event: AnyEvent, attempts: int
     ) -> Exception | None:
         error: Exception | None = None
-        for _attempt in range(self.settings.consumer_max_attempts):
+        for _attempt in range(attempts):
             try:
                 async with session.begin_nested():
                     await handle(session, event)
@@ -210,9 +276,14 @@ class BatchConsumer:
         return error
 
     async def _dead_letter(
-        self, session: AsyncSession, record: Any, headers: dict[str, str], reason: str
+        self,
+        session: AsyncSession,
+        record: Any,
+        headers: dict[str, str],
+        reason: str,
+        outcomes: list[tuple[str, str]],
     ) -> None:
-        metrics.EVENTS_CONSUMED.labels(topic=record.topic, outcome="deadlettered").inc()
+        outcomes.append((record.topic, "deadlettered"))
         log.error(
             "message dead-lettered",
             topic=record.topic,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,10 +164,22 @@ class Outbox:
         *,
         batch_size: int,
         poll_interval_s: float,
+        linger_s: float = 0.0,
     ) -> None:
-        """Relay until cancelled; commits in this process wake it, others are polled for."""
+        """Relay until cancelled; commits in this process wake it, others are polled for.
+
+        After a wake-up the relay lingers a moment so that commits arriving together are
+        published in one round (like Kafka's linger.ms), and it refreshes the backlog gauge
+        now and then.
+        """
+        gauge_due = 0.0
+        loop = asyncio.get_running_loop()
         while True:
             try:
+                if loop.time() >= gauge_due:
+                    gauge_due = loop.time() + 5
+                    async with session_factory() as session:
+                        metrics.OUTBOX_PENDING.set(await self.pending(session))
                 published = await self.relay_once(session_factory, broker, batch_size)
             except asyncio.CancelledError:
                 raise
@@ -179,6 +192,8 @@ class Outbox:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=poll_interval_s)
+                if linger_s:
+                    await asyncio.sleep(linger_s)
 
 
 async def first_delivery(
@@ -194,6 +209,27 @@ async def first_delivery(
         .returning(tables.inbox.c.event_id)
     )
     return result.first() is not None
+
+
+async def first_deliveries(
+    session: AsyncSession, tables: MessagingTables, events: Sequence[tuple[Any, str]]
+) -> set[Any]:
+    """Record a batch of (event id, topic) in the inbox in one statement; the ids not seen before."""
+    if not events:
+        return set()
+    now = dt.datetime.now(dt.UTC)
+    result = await session.execute(
+        pg_insert(tables.inbox)
+        .values(
+            [
+                {"event_id": event_id, "topic": topic, "outcome": "processed", "processed_at": now}
+                for event_id, topic in events
+            ]
+        )
+        .on_conflict_do_nothing(index_elements=["event_id"])
+        .returning(tables.inbox.c.event_id)
+    )
+    return set(result.scalars())
 
 
 def span_for_record(topic: str, headers: dict[str, str]) -> trace.Span:

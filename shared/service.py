@@ -11,15 +11,15 @@ from dataclasses import dataclass, field
 import structlog
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from faststream.kafka import KafkaBroker
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
-from prometheus_client import make_asgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from shared import metrics, telemetry
+from shared import telemetry
 from shared.db import make_engine, make_session_factory
 from shared.messaging import BatchConsumer, Subscription, make_broker
 from shared.outbox import MessagingTables, Outbox
@@ -61,7 +61,7 @@ def create_service_app(
     description: str,
     version: str = "1.0.0",
     runtime: Runtime | None = None,
-    on_startup: Callable[[Runtime], Awaitable[None]] | None = None,
+    on_startup: Callable[[FastAPI], Awaitable[None]] | None = None,
 ) -> FastAPI:
     telemetry.configure(settings)
     runtime = runtime or Runtime.create(settings, tables)
@@ -78,7 +78,7 @@ def create_service_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         SQLAlchemyInstrumentor().instrument(engine=runtime.engine.sync_engine)
         if on_startup is not None:
-            await on_startup(runtime)
+            await on_startup(app)
         await runtime.broker.start()
         runtime.tasks.append(
             asyncio.create_task(
@@ -87,6 +87,7 @@ def create_service_app(
                     runtime.broker,
                     batch_size=settings.outbox_batch_size,
                     poll_interval_s=settings.outbox_poll_interval_s,
+                    linger_s=settings.outbox_linger_s,
                 ),
                 name="outbox-relay",
             )
@@ -118,9 +119,6 @@ def create_service_app(
     @app.get("/health/ready", tags=["beheer"], summary="Database and broker reachable")
     async def ready() -> JSONResponse:
         checks = {"database": await _database_ok(runtime), "broker": await _broker_ok(runtime)}
-        async with runtime.session_factory() as session:
-            if checks["database"]:
-                metrics.OUTBOX_PENDING.set(await runtime.outbox.pending(session))
         ok = all(checks.values())
         return JSONResponse(
             {"status": "ok" if ok else "unavailable", "checks": checks},
@@ -129,7 +127,11 @@ def create_service_app(
 
     for router in routers:
         app.include_router(router)
-    app.mount("/metrics", make_asgi_app())
+
+    @app.get("/metrics", tags=["beheer"], summary="Prometheus metrics", include_in_schema=False)
+    async def prometheus_metrics(request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
     FastAPIInstrumentor.instrument_app(app, excluded_urls="health/.*,metrics")
     return app
 

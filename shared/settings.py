@@ -18,6 +18,8 @@ RUNTIME_ENV_FILE = ".vroeg/runtime.env"
 # Development-only secrets. They make `make run` work with no configuration at all and are
 # refused when VROEG_ENVIRONMENT=production (see `refuse_development_secrets`).
 DEVELOPMENT_SECRET_PREFIX = "development-only-"
+MINIMUM_SECRET_LENGTH = 32
+PLACEHOLDER_WORDS = ("replace_me", "replace-me", "changethis", "changeme", "secret", "example")
 
 
 class ServiceSettings(BaseSettings):
@@ -57,10 +59,6 @@ class ServiceSettings(BaseSettings):
     port: int | None = Field(
         None, description="HTTP port; default per service (intake 8001 ... retention 8005)."
     )
-    household_key_secret: SecretStr = Field(
-        SecretStr(DEVELOPMENT_SECRET_PREFIX + "household-key"),
-        description="Regional secret for the keyed hash of normalised addresses.",
-    )
     otel_exporter: Literal["none", "console", "otlp", "file"] = Field(
         "none", description="Where spans go: OTLP/HTTP in production, a JSON-lines file in tests."
     )
@@ -88,6 +86,9 @@ class ServiceSettings(BaseSettings):
     outbox_poll_interval_s: float = Field(
         0.25, description="Relay poll interval; commits in this process wake it at once."
     )
+    outbox_linger_s: float = Field(
+        0.005, description="How long the relay waits after a wake-up to publish more in one round."
+    )
 
     @property
     def http_port(self) -> int:
@@ -108,10 +109,16 @@ class ServiceSettings(BaseSettings):
 
     @model_validator(mode="after")
     def refuse_development_secrets(self) -> ServiceSettings:
+        """In production every secret must be a real one: not the development default, not a
+        placeholder, and at least 32 characters."""
         if self.environment == "production":
             for name, value in self.secret_values().items():
                 if value.startswith(DEVELOPMENT_SECRET_PREFIX):
                     raise ValueError(f"{name} still holds a development secret")
+                if len(value) < MINIMUM_SECRET_LENGTH or any(
+                    word in value.lower() for word in PLACEHOLDER_WORDS
+                ):
+                    raise ValueError(f"{name} looks like a placeholder or is too short")
         return self
 
     def secret_values(self) -> dict[str, str]:

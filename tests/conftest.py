@@ -103,7 +103,7 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
         print(f"\n[infra] {found.description}; broker {found.kafka_bootstrap}; db prefix {prefix}")
         saved = {key: os.environ.get(key) for key in found.env}
         os.environ.update(found.env)
-        asyncio.run(stack_mod.create_topics(found.kafka_bootstrap, partitions=6))
+        asyncio.run(stack_mod.create_topics(found.kafka_bootstrap, partitions=6))  # the default
         asyncio.run(stack_mod.prepare_databases(stack_mod.all_services()))
         cleanup.callback(_drop_databases)
         try:

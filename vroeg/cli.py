@@ -41,6 +41,7 @@ def up(
     ] = True,
 ) -> None:
     """Start the whole system with embedded defaults; Ctrl-C stops everything."""
+    from services.intake.settings import IntakeSettings
     from vroeg import demo as demo_data
     from vroeg import stack
 
@@ -73,7 +74,9 @@ def up(
         }
         os.environ.update(env)
         stack.write_runtime_env(env)
-        asyncio.run(stack.create_topics(env["VROEG_KAFKA_BOOTSTRAP"], partitions=6))
+        asyncio.run(
+            stack.create_topics(env["VROEG_KAFKA_BOOTSTRAP"], IntakeSettings().kafka_partitions)
+        )
         asyncio.run(stack.prepare_databases(stack.all_services(), fresh=fresh))
         running = stack.Stack(env=env, log_dir=log_dir)
         for spec in stack.all_services():

@@ -11,8 +11,8 @@ from fastapi import APIRouter, Form, Header, Request, Response
 from sqlalchemy import select
 
 from services.intake import domain, handlers
-from services.intake.auth import CurrentPartner, issue_token, secret_matches
-from services.intake.models import Municipality, Partner
+from services.intake.auth import CurrentPartner, confirm_active, issue_token, secret_matches
+from services.intake.models import Partner
 from services.intake.problems import Problem, invalid_input
 from services.intake.schemas import Receipt, SignalIn, TokenResponse
 from shared.events import utc_now
@@ -96,8 +96,9 @@ async def deliver_signal(
         raise invalid_input(
             [{"name": v.name, "code": "regel", "reason": v.reason} for v in violations]
         )
+    gemeentecode = _route(request.app.state.municipalities, signal)
     async with runtime.session_factory() as session, session.begin():
-        gemeentecode = await _route(session, signal)
+        await confirm_active(session, partner)
         receipt, created = await handlers.accept_signal(
             session,
             runtime.outbox,
@@ -114,7 +115,7 @@ async def deliver_signal(
     return receipt
 
 
-async def _route(session, signal: SignalIn) -> str:  # type: ignore[no-untyped-def]
+def _route(municipalities: frozenset[str], signal: SignalIn) -> str:
     """The municipality a signal belongs to (derivation from the address follows in #3)."""
     if signal.gemeentecode is None:
         raise invalid_input(
@@ -126,10 +127,7 @@ async def _route(session, signal: SignalIn) -> str:  # type: ignore[no-untyped-d
                 }
             ]
         )
-    known = await session.scalar(
-        select(Municipality.code).where(Municipality.code == signal.gemeentecode)
-    )
-    if known is None:
+    if signal.gemeentecode not in municipalities:
         raise invalid_input(
             [
                 {
@@ -139,7 +137,7 @@ async def _route(session, signal: SignalIn) -> str:  # type: ignore[no-untyped-d
                 }
             ]
         )
-    return known
+    return signal.gemeentecode
 
 
 @router.get(
@@ -151,6 +149,7 @@ async def _route(session, signal: SignalIn) -> str:  # type: ignore[no-untyped-d
 )
 async def get_receipt(request: Request, signaal_id: uuid.UUID, partner: CurrentPartner) -> Receipt:
     async with request.app.state.runtime.session_factory() as session:
+        await confirm_active(session, partner)
         receipt = await handlers.receipt_for(session, partner, signaal_id)
     if receipt is None:
         raise Problem(404, "Niet gevonden", "Geen signaal van u met dit id.")

@@ -6,13 +6,14 @@ from services.intake import handlers, problems
 from services.intake.api import router
 from services.intake.models import messaging
 from services.intake.settings import IntakeSettings
-from shared.service import Runtime, create_service_app, serve
+from shared.service import create_service_app, serve
 
 
-async def register_region(runtime: Runtime) -> None:
-    """The region's municipalities are the tenants; make sure they exist."""
-    async with runtime.session_factory() as session, session.begin():
+async def register_region(app: FastAPI) -> None:
+    """The region's municipalities are the tenants: make sure they exist, keep their codes."""
+    async with app.state.runtime.session_factory() as session, session.begin():
         await handlers.register_municipalities(session)
+        app.state.municipalities = await handlers.municipality_codes(session)
 
 
 def create_app(settings: IntakeSettings | None = None) -> FastAPI:

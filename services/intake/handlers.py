@@ -132,6 +132,10 @@ async def register_municipalities(session: AsyncSession) -> None:
     )
 
 
+async def municipality_codes(session: AsyncSession) -> frozenset[str]:
+    return frozenset(await session.scalars(select(Municipality.code)))
+
+
 async def add_partner(
     session: AsyncSession, *, naam: str, soort: str, kvk_nummer: str | None, now: dt.datetime
 ) -> tuple[Partner, str]:

@@ -2,6 +2,7 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from services.intake.settings import IntakeSettings
 from shared.events import decode_event
 from shared.messaging import Rejected, failure_reason, is_infrastructure_error
 from shared.settings import ServiceSettings
@@ -33,7 +34,16 @@ def test_failure_reason_names_the_rule_but_never_the_data() -> None:
     assert failure_reason(KeyError("Jansen")) == "handler error: KeyError"
 
 
-def test_production_refuses_development_secrets() -> None:
+def test_production_refuses_development_and_placeholder_secrets() -> None:
     with pytest.raises(ValidationError, match="development secret"):
-        ServiceSettings(environment="production", _env_file=None)
-    ServiceSettings(environment="production", household_key_secret="a-real-secret", _env_file=None)
+        IntakeSettings(environment="production", _env_file=None)
+    real = {"household_key_secret": "k" * 40, "token_signing_key": "t" * 40}
+    for placeholder in ("REPLACE_ME", "too-short", "x" * 40 + "changethis"):
+        with pytest.raises(ValidationError, match="placeholder or is too short"):
+            IntakeSettings(
+                environment="production",
+                _env_file=None,
+                **{**real, "token_signing_key": placeholder},
+            )
+    IntakeSettings(environment="production", _env_file=None, **real)
+    ServiceSettings(environment="production", _env_file=None)  # no secrets of its own
