@@ -241,7 +241,7 @@ class BatchConsumer:
                 return
             span.set_attribute("messaging.message.id", str(event.event_id))
             span.set_attribute("vroeg.gemeentecode", event.gemeentecode)
-            if not await first_delivery(session, self.tables, event.event_id, topic, "processed"):
+            if not await first_delivery(session, self.tables, event.event_id, topic):
                 outcomes.append((topic, "duplicate"))
                 return
             attempts = self.settings.consumer_max_attempts - (event.event_id == spent_on)

@@ -197,18 +197,10 @@ class Outbox:
 
 
 async def first_delivery(
-    session: AsyncSession, tables: MessagingTables, event_id: Any, topic: str, outcome: str
+    session: AsyncSession, tables: MessagingTables, event_id: Any, topic: str
 ) -> bool:
     """Record an event id in the inbox; False if it was processed before."""
-    result = await session.execute(
-        pg_insert(tables.inbox)
-        .values(
-            event_id=event_id, topic=topic, outcome=outcome, processed_at=dt.datetime.now(dt.UTC)
-        )
-        .on_conflict_do_nothing(index_elements=["event_id"])
-        .returning(tables.inbox.c.event_id)
-    )
-    return result.first() is not None
+    return bool(await first_deliveries(session, tables, [(event_id, topic)]))
 
 
 async def first_deliveries(
