@@ -151,6 +151,7 @@ class BatchConsumer:
             session_timeout_ms=self.settings.consumer_session_timeout_ms,
             heartbeat_interval_ms=max(self.settings.consumer_session_timeout_ms // 4, 500),
             max_poll_interval_ms=self.settings.consumer_max_poll_interval_ms,
+            fetch_max_wait_ms=self.settings.consumer_fetch_max_wait_ms,
             ack_policy=AckPolicy.MANUAL,
             decoder=skip_decoding,
         )(on_batch)

@@ -79,6 +79,9 @@ class ServiceSettings(BaseSettings):
     consumer_session_timeout_ms: int = Field(
         6_000, description="Kafka consumer session timeout; a dead replica is noticed after it."
     )
+    consumer_fetch_max_wait_ms: int = Field(
+        50, description="Longest the broker holds a fetch open waiting for new records."
+    )
     consumer_max_poll_interval_ms: int = Field(
         60_000, description="Longest a batch may take before the broker assumes the consumer hung."
     )
