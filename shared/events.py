@@ -20,6 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 GemeenteCode = Annotated[str, Field(pattern=r"^GM\d{4}$", examples=["GM1731"])]
 HouseholdKey = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Amount = Annotated[Decimal, Field(max_digits=12, decimal_places=2)]
+Sealed = Annotated[
+    str, Field(pattern=r"^v1\.[A-Za-z0-9_\-=]+$", description="shared.crypto sealed text")
+]
 
 SignalKind = Literal[
     "Energie",
@@ -71,6 +74,41 @@ class SignalReceived(Event):
     ontstaansdatum: dt.date | None = None
     achterstand_bedrag: Amount
     ontvangen_op: dt.datetime
+    subject_id: UUID = Field(description="Pseudonymous id of the person; names their data key.")
+    persoonsgegevens: Sealed = Field(
+        description="Name, address, BSN, birth date, contact, customer number: sealed with "
+        "the person's data key (shared.crypto); unreadable once that key is destroyed."
+    )
+
+
+BlockReason = Literal["uitsluitingslijst"]
+
+
+class SignalBlocked(Event):
+    """Intake did not forward a signal (the address is on the blacklist); feedback tells
+    the partner only that it was not forwarded."""
+
+    event_type: Literal["SignalBlocked"] = "SignalBlocked"
+    signal_id: UUID
+    partner_id: UUID
+    partner_signaal_id: str
+    reden: BlockReason
+    ontvangen_op: dt.datetime
+
+
+BlacklistAction = Literal["toegevoegd", "verwijderd"]
+BlacklistReason = Literal["weigert-medewerking", "onveilig-contact", "overig"]
+
+
+class BlacklistChanged(Event):
+    """Outreach (or an administrator) put a household on the blacklist or took it off."""
+
+    event_type: Literal["BlacklistChanged"] = "BlacklistChanged"
+    entry_id: UUID
+    actie: BlacklistAction
+    reden: BlacklistReason
+    begin: dt.date
+    einde: dt.date
 
 
 class MatchedSignal(BaseModel):
@@ -138,7 +176,7 @@ class OutreachDue(Event):
 
 
 AnyEvent = Annotated[
-    SignalReceived | MatchCreated | MatchUpdated | OutreachDue,
+    SignalReceived | SignalBlocked | BlacklistChanged | MatchCreated | MatchUpdated | OutreachDue,
     Field(discriminator="event_type"),
 ]
 _EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
@@ -161,6 +199,8 @@ class Topic:
 
 
 SIGNAL_RECEIVED = Topic("signal.received", (SignalReceived,), "intake → matching, retention")
+SIGNAL_BLOCKED = Topic("signal.blocked", (SignalBlocked,), "intake → feedback, retention")
+BLACKLIST_CHANGED = Topic("blacklist.changed", (BlacklistChanged,), "outreach → intake")
 MATCH_CREATED = Topic("match.created", (MatchCreated,), "matching → outreach, retention")
 MATCH_UPDATED = Topic("match.updated", (MatchUpdated,), "matching → outreach, retention")
 OUTREACH_DUE = Topic("outreach.due", (OutreachDue,), "outreach → feedback, retention")
@@ -169,6 +209,8 @@ DEAD_LETTER = Topic("deadletter", (), "messages a consumer could not process, wi
 
 TOPICS: tuple[Topic, ...] = (
     SIGNAL_RECEIVED,
+    SIGNAL_BLOCKED,
+    BLACKLIST_CHANGED,
     MATCH_CREATED,
     MATCH_UPDATED,
     OUTREACH_DUE,

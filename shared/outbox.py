@@ -94,6 +94,26 @@ class Outbox:
             )
         )
 
+    async def stage_many(
+        self, session: AsyncSession, events: Sequence[tuple[Topic, Event]]
+    ) -> None:
+        """Write several events to the outbox in one statement, in the caller's transaction."""
+        if not events:
+            return
+        trace_headers: dict[str, str] = current_trace_headers()
+        await session.execute(
+            insert(self.tables.outbox),
+            [
+                {
+                    "topic": topic.name,
+                    "key": event.household_key,
+                    "payload": encode_event(event),
+                    "headers": trace_headers | {"event_type": event.__class__.__name__},
+                }
+                for topic, event in events
+            ],
+        )
+
     async def stage_raw(
         self, session: AsyncSession, topic: Topic, key: str, payload: bytes, headers: dict
     ) -> None:

@@ -18,6 +18,7 @@ from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import telemetry
 from shared.db import make_engine, make_session_factory
@@ -62,6 +63,7 @@ def create_service_app(
     version: str = "1.0.0",
     runtime: Runtime | None = None,
     on_startup: Callable[[FastAPI], Awaitable[None]] | None = None,
+    on_shutdown: Callable[[FastAPI], Awaitable[None]] | None = None,
 ) -> FastAPI:
     telemetry.configure(settings)
     runtime = runtime or Runtime.create(settings, tables)
@@ -99,6 +101,8 @@ def create_service_app(
             for task in runtime.tasks:
                 task.cancel()
             await asyncio.gather(*runtime.tasks, return_exceptions=True)
+            if on_shutdown is not None:
+                await on_shutdown(app)
             await runtime.broker.stop()
             await runtime.engine.dispose()
             log.info("service stopped")
@@ -106,11 +110,7 @@ def create_service_app(
     app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
     app.state.runtime = runtime
 
-    @app.middleware("http")
-    async def api_version_header(request: Request, call_next):  # type: ignore[no-untyped-def]
-        response = await call_next(request)
-        response.headers["API-Version"] = version
-        return response
+    app.add_middleware(ResponseHeaders, version=version)
 
     @app.get("/health/live", tags=["beheer"], summary="Process is alive")
     async def live() -> dict[str, str]:
@@ -134,6 +134,36 @@ def create_service_app(
 
     FastAPIInstrumentor.instrument_app(app, excluded_urls="health/.*,metrics")
     return app
+
+
+class ResponseHeaders:
+    """API-Version and the security headers of the API Design Rules on every response."""
+
+    def __init__(self, app: ASGIApp, version: str) -> None:
+        self.app = app
+        self.headers = [
+            (b"api-version", version.encode()),
+            (b"strict-transport-security", b"max-age=31536000; includeSubDomains"),
+            (b"x-content-type-options", b"nosniff"),
+            (b"cache-control", b"no-store"),
+            (b"content-security-policy", b"frame-ancestors 'none'"),
+            (b"x-frame-options", b"DENY"),
+            (b"referrer-policy", b"no-referrer"),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                names = {name for name, _ in message.get("headers", [])}
+                extra = [(n, v) for n, v in self.headers if n not in names]
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 async def _database_ok(runtime: Runtime) -> bool:

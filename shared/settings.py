@@ -107,6 +107,12 @@ class ServiceSettings(BaseSettings):
         return url.render_as_string(hide_password=False)
 
     @property
+    def keystore_url(self) -> str:
+        """The key store of per-person data keys: a vault of its own, owned by no service."""
+        url = make_url(self.postgres_url).set(database=f"{self.database_prefix}_keys")
+        return url.render_as_string(hide_password=False)
+
+    @property
     def consumer_group(self) -> str:
         return f"{self.database_prefix}-{self.service_name}"
 

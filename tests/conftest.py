@@ -118,10 +118,12 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
 
 def _drop_databases() -> None:
     from shared.db import drop_database
+    from shared.settings import ServiceSettings
 
-    for spec in stack_mod.all_services():
+    urls = [spec.settings().database_url for spec in stack_mod.all_services()]
+    for url in [*urls, ServiceSettings().keystore_url]:
         with contextlib.suppress(Exception):
-            asyncio.run(drop_database(spec.settings().database_url))
+            asyncio.run(drop_database(url))
 
 
 @pytest.fixture(scope="session")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, get_args
 
@@ -19,7 +21,11 @@ from shared.events import SignalKind
 
 app = typer.Typer(help="Vroegsignalering: regional platform for early signalling of arrears.")
 partner_app = typer.Typer(help="Signal partners (creditor organisations).")
+blacklist_app = typer.Typer(help="The blacklist at the door (audited).")
+addresses_app = typer.Typer(help="The region's address table (routing to municipalities).")
 app.add_typer(partner_app, name="partner")
+app.add_typer(blacklist_app, name="blacklist")
+app.add_typer(addresses_app, name="adressen")
 console = Console()
 
 PARTNER_TYPES = get_args(SignalKind)
@@ -93,12 +99,16 @@ def up(
         if demo:
             credentials_file = stack.STATE_DIR / "demo-partners.json"
             partners = demo_data.register_demo_partners(credentials_file)
+            addresses = demo_data.load_demo_addresses(
+                stack.STATE_DIR / "demo-adressen.csv", demo_data.demo_households()
+            )
             sent = demo_data.post_demo_signals(
                 running.url("intake"), partners, today=dt.date.today()
             )
             console.print(
                 f"  demo        {len(partners)} partners, credentials in {credentials_file}"
             )
+            console.print(f"              {addresses} demo addresses in the region's address table")
             console.print(
                 f"              {sent} demo signals delivered; try: vroeg zaken --gemeente GM1731"
             )
@@ -151,6 +161,29 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         console.print(f"[red]{report['consumer_lag_error']}[/]")
 
 
+@contextlib.asynccontextmanager
+async def _transaction(database_url: str) -> AsyncIterator[Any]:
+    """One transaction on a service's database, for an operator command."""
+    from shared.db import make_engine, make_session_factory
+
+    engine = make_engine(database_url, pool_size=1)
+    try:
+        async with make_session_factory(engine)() as session, session.begin():
+            yield session
+    finally:
+        await engine.dispose()
+
+
+def _intake_url() -> str:
+    from services.intake.settings import IntakeSettings
+
+    return IntakeSettings().database_url
+
+
+def _actor() -> str:
+    return f"cli:{os.environ.get('USER', 'onbekend')}"
+
+
 @partner_app.command("add")
 def partner_add(
     naam: Annotated[str, typer.Option(help="Name of the organisation.")],
@@ -163,21 +196,17 @@ def partner_add(
         raise typer.BadParameter(
             f"unknown type; one of: {', '.join(PARTNER_TYPES)}", param_hint="--type"
         )
+    if kvk is not None and not (kvk.isdigit() and len(kvk) == 8):
+        raise typer.BadParameter("a KvK number has 8 digits", param_hint="--kvk")
     from services.intake import handlers
-    from services.intake.settings import IntakeSettings
-    from shared.db import make_engine, make_session_factory
     from shared.events import utc_now
 
     async def add() -> dict[str, str]:
-        engine = make_engine(IntakeSettings().database_url, pool_size=1)
-        try:
-            async with make_session_factory(engine)() as session, session.begin():
-                partner, secret = await handlers.add_partner(
-                    session, naam=naam, soort=type_, kvk_nummer=kvk, now=utc_now()
-                )
-                return {"client_id": partner.client_id, "client_secret": secret}
-        finally:
-            await engine.dispose()
+        async with _transaction(_intake_url()) as session:
+            partner, secret = await handlers.add_partner(
+                session, naam=naam, soort=type_, kvk_nummer=kvk, now=utc_now()
+            )
+            return {"client_id": partner.client_id, "client_secret": secret}
 
     credentials = asyncio.run(add())
     if as_json:
@@ -189,6 +218,202 @@ def partner_add(
         )
 
 
+@partner_app.command("list")
+def partner_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every partner: name, type, client_id, whether it may deliver."""
+    from sqlalchemy import select
+
+    from services.intake.models import Partner
+
+    async def read() -> list[dict[str, Any]]:
+        async with _transaction(_intake_url()) as session:
+            partners = await session.scalars(select(Partner).order_by(Partner.naam))
+            return [
+                {
+                    "naam": p.naam,
+                    "type": p.soort,
+                    "kvk": p.kvk_nummer,
+                    "client_id": p.client_id,
+                    "actief": p.actief,
+                }
+                for p in partners
+            ]
+
+    partners = asyncio.run(read())
+    if as_json:
+        _print_json(partners)
+        return
+    table = Table("naam", "type", "kvk", "client_id", "actief")
+    for p in partners:
+        table.add_row(
+            p["naam"], p["type"], p["kvk"] or "", p["client_id"], "ja" if p["actief"] else "nee"
+        )
+    console.print(table)
+
+
+def _set_partner_active(client_id: str, active: bool) -> None:
+    from services.intake import handlers
+    from shared.events import utc_now
+
+    async def change() -> bool:
+        async with _transaction(_intake_url()) as session:
+            partner = await handlers.set_partner_active(
+                session, client_id, active, actor=_actor(), now=utc_now()
+            )
+            return partner is not None
+
+    if not asyncio.run(change()):
+        console.print(f"[red]No partner with client_id {client_id}[/]")
+        raise typer.Exit(1)
+    console.print(
+        f"Partner {client_id} {'enabled' if active else 'disabled: its tokens stop working at once'}."
+    )
+
+
+@partner_app.command("disable")
+def partner_disable(client_id: str) -> None:
+    """Stop a partner: its tokens are refused from the next request on."""
+    _set_partner_active(client_id, False)
+
+
+@partner_app.command("enable")
+def partner_enable(client_id: str) -> None:
+    """Let a disabled partner deliver again."""
+    _set_partner_active(client_id, True)
+
+
+BLACKLIST_REASONS = ("weigert-medewerking", "onveilig-contact", "overig")
+
+
+@blacklist_app.command("add")
+def blacklist_add(
+    gemeente: Annotated[str, typer.Option(help="CBS code, e.g. GM1731.")],
+    postcode: Annotated[str, typer.Option()],
+    huisnummer: Annotated[int, typer.Option()],
+    tot: Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="Last day (YYYY-MM-DD).")],
+    reden: Annotated[str, typer.Option(help=f"One of: {', '.join(BLACKLIST_REASONS)}.")],
+    huisletter: Annotated[str | None, typer.Option()] = None,
+    toevoeging: Annotated[str | None, typer.Option()] = None,
+    toelichting: Annotated[
+        str | None, typer.Option(help="Why, for colleagues (no personal data).")
+    ] = None,
+) -> None:
+    """Put an address on the blacklist until a date (audited)."""
+    if reden not in BLACKLIST_REASONS:
+        raise typer.BadParameter(f"one of: {', '.join(BLACKLIST_REASONS)}", param_hint="--reden")
+    from services.intake import handlers
+    from services.intake.settings import IntakeSettings
+    from shared.events import utc_now
+    from shared.household import DwellingAddress
+
+    settings = IntakeSettings()
+    now = utc_now()
+    if tot.date() < now.date():
+        raise typer.BadParameter("the end date lies in the past", param_hint="--tot")
+
+    async def add() -> str:
+        async with _transaction(settings.database_url) as session:
+            entry = await handlers.add_to_blacklist(
+                session,
+                address=DwellingAddress(postcode, huisnummer, huisletter, toevoeging),
+                gemeentecode=gemeente,
+                reden=reden,
+                toelichting=toelichting,
+                begin=now.date(),
+                einde=tot.date(),
+                actor=_actor(),
+                household_secret=settings.household_key_secret.get_secret_value(),
+                now=now,
+            )
+            return str(entry.id)
+
+    console.print(f"On the blacklist until {tot.date()}: entry {asyncio.run(add())}")
+
+
+@blacklist_app.command("list")
+def blacklist_list(
+    gemeente: Annotated[str, typer.Option(help="CBS code, e.g. GM1731.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Active blacklist entries of one municipality (the read is audited)."""
+    from services.intake import handlers
+    from shared.events import utc_now
+
+    async def read() -> list[dict[str, Any]]:
+        now = utc_now()
+        async with _transaction(_intake_url()) as session:
+            entries = await handlers.list_blacklist(
+                session, gemeente, actor=_actor(), today=now.date(), now=now
+            )
+            return [
+                {
+                    "id": str(e.id),
+                    "reden": e.reden,
+                    "toelichting": e.toelichting,
+                    "begin": e.begin.isoformat(),
+                    "einde": e.einde.isoformat(),
+                    "bron": e.bron,
+                    "ingevoerdDoor": e.ingevoerd_door,
+                }
+                for e in entries
+            ]
+
+    entries = asyncio.run(read())
+    if as_json:
+        _print_json(entries)
+        return
+    table = Table("id", "reden", "begin", "einde", "bron", "ingevoerd door", "toelichting")
+    for e in entries:
+        table.add_row(
+            e["id"],
+            e["reden"],
+            e["begin"],
+            e["einde"],
+            e["bron"],
+            e["ingevoerdDoor"],
+            e["toelichting"] or "",
+        )
+    console.print(table)
+
+
+@blacklist_app.command("remove")
+def blacklist_remove(entry_id: str) -> None:
+    """Take an entry off the blacklist (audited)."""
+    import uuid
+
+    from services.intake import handlers
+    from shared.events import utc_now
+
+    async def remove() -> bool:
+        async with _transaction(_intake_url()) as session:
+            return await handlers.remove_from_blacklist(
+                session, uuid.UUID(entry_id), actor=_actor(), now=utc_now()
+            )
+
+    if not asyncio.run(remove()):
+        console.print(f"[red]No active entry {entry_id}[/]")
+        raise typer.Exit(1)
+    console.print(f"Entry {entry_id} removed.")
+
+
+@addresses_app.command("import")
+def addresses_import(path: Path) -> None:
+    """Load the CBS file 'buurt, wijk en gemeente bij postcode en huisnummer' (CSV); only
+    the region's addresses are kept."""
+    from services.intake import handlers
+    from services.intake.addresses import read_cbs_rows
+    from shared.region import DRENTHE
+
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        rows = list(read_cbs_rows(handle, DRENTHE))
+
+    async def load() -> int:
+        async with _transaction(_intake_url()) as session:
+            return await handlers.import_addresses(session, rows)
+
+    console.print(f"{asyncio.run(load())} addresses of the region loaded from {path}.")
+
+
 @app.command()
 def zaken(
     gemeente: Annotated[str, typer.Option(help="CBS code of the municipality, e.g. GM1731.")],
@@ -198,23 +423,14 @@ def zaken(
     """Cases of one municipality, nearest deadline first (the read is audited)."""
     from services.outreach import handlers
     from services.outreach.settings import OutreachSettings
-    from shared.db import make_engine, make_session_factory
     from shared.events import utc_now
 
     async def read() -> list[dict]:
-        engine = make_engine(OutreachSettings().database_url, pool_size=1)
-        try:
-            async with make_session_factory(engine)() as session, session.begin():
-                cases = await handlers.list_cases(
-                    session,
-                    gemeente,
-                    actor=f"cli:{os.environ.get('USER', 'onbekend')}",
-                    reason=reden,
-                    now=utc_now(),
-                )
-                return [handlers.case_summary(case) for case in cases]
-        finally:
-            await engine.dispose()
+        async with _transaction(OutreachSettings().database_url) as session:
+            cases = await handlers.list_cases(
+                session, gemeente, actor=_actor(), reason=reden, now=utc_now()
+            )
+            return [handlers.case_summary(case) for case in cases]
 
     cases = asyncio.run(read())
     if as_json:
@@ -231,6 +447,81 @@ def zaken(
             case["id"],
         )
     console.print(table)
+
+
+@app.command()
+def lever(
+    bestand: Annotated[Path, typer.Argument(help="A .csv or .json file of signals.")],
+    partner: Annotated[str, typer.Option(help="Your client_id.")],
+    secret: Annotated[str, typer.Option(envvar="VROEG_CLIENT_SECRET", help="Your client_secret.")],
+    url: Annotated[str, typer.Option(help="The partner API.")] = "http://127.0.0.1:8001",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the final status as JSON.")
+    ] = False,
+) -> None:
+    """Deliver a file of signals (partner side), with progress until every signal has a
+    receipt or an error."""
+    import httpx
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    media_type = "text/csv" if bestand.suffix.lower() == ".csv" else "application/json"
+    size = bestand.stat().st_size
+    with (
+        httpx.Client(base_url=url, timeout=120) as client,
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=as_json,
+        ) as progress,
+    ):
+        token = client.post(
+            "/oauth/token", data={"grant_type": "client_credentials"}, auth=(partner, secret)
+        )
+        if token.status_code != 200:
+            console.print(f"[red]Login refused: {token.json().get('detail', token.text)}[/]")
+            raise typer.Exit(1)
+        headers = {
+            "Authorization": f"Bearer {token.json()['access_token']}",
+            "Content-Type": media_type,
+        }
+        upload = progress.add_task("uploaden", total=size)
+
+        def chunks() -> Any:
+            with bestand.open("rb") as handle:
+                while block := handle.read(256 * 1024):
+                    progress.advance(upload, len(block))
+                    yield block
+
+        response = client.post(
+            "/api/v1/leveringen", content=chunks(), headers={**headers, "Content-Length": str(size)}
+        )
+        if response.status_code != 202:
+            console.print(
+                f"[red]Delivery refused ({response.status_code}): {response.json().get('detail')}[/]"
+            )
+            raise typer.Exit(1)
+        delivery = response.json()
+        processing = progress.add_task("verwerken", total=delivery["aantal"])
+        while True:
+            status = client.get(f"/api/v1/leveringen/{delivery['id']}", headers=headers).json()
+            progress.update(processing, completed=status["aantalVerwerkt"])
+            if status["status"] == "verwerkt":
+                break
+            time.sleep(0.5)  # polling interval of a progress display
+    if as_json:
+        _print_json(status)
+        return
+    console.print(
+        f"Levering {status['id']}: {status['aantalDoorgestuurd']} doorgestuurd, "
+        f"{status['aantalNietDoorgestuurd']} niet doorgestuurd, {status['aantalGeweigerd']} geweigerd."
+    )
+    for line in status["signalen"]:
+        if line["status"] == "geweigerd":
+            reasons = "; ".join(f"{e['name']}: {e['reason']}" for e in line["fouten"])
+            console.print(f"  regel {line['regel']} ({line['partnerSignaalId']}): {reasons}")
 
 
 @app.command()

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from stdnum.nl import bsn as bsn_rules
 
 from services.intake import handlers as intake
+from services.intake.addresses import cbs_csv, read_cbs_rows
 from services.intake.models import Partner
 from services.intake.settings import IntakeSettings
 from shared.db import make_engine, make_session_factory
@@ -175,6 +176,32 @@ async def _register(known: list[dict]) -> list[dict]:
         await engine.dispose()
 
 
+def load_demo_addresses(path: Path, homes: list[DemoHousehold]) -> int:
+    """Write the demo households' addresses as a CBS-style file and import it the way an
+    operator imports the real one (`vroeg adressen import`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        cbs_csv((h.postcode.replace(" ", ""), h.huisnummer, h.gemeentecode) for h in homes),
+        encoding="utf-8",
+    )
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = list(read_cbs_rows(handle, DRENTHE))
+    return asyncio.run(_import(rows))
+
+
+async def _import(rows: list[tuple[str, int, str]]) -> int:
+    engine = make_engine(IntakeSettings().database_url, pool_size=1)
+    try:
+        async with make_session_factory(engine)() as session, session.begin():
+            return await intake.import_addresses(session, rows)
+    finally:
+        await engine.dispose()
+
+
+def demo_households() -> list[DemoHousehold]:
+    return households(24, random.Random(1731))
+
+
 def access_token(client: httpx.Client, partner: dict) -> str:
     response = client.post(
         "/oauth/token",
@@ -187,8 +214,8 @@ def access_token(client: httpx.Client, partner: dict) -> str:
 
 def post_demo_signals(intake_url: str, partners: list[dict], *, today: dt.date) -> int:
     """Deliver a small month of signals: singles, multiples and a consecutive household."""
-    rng = random.Random(1731)
-    homes = households(24, rng)
+    rng = random.Random(17)
+    homes = demo_households()
     sent = 0
     with httpx.Client(base_url=intake_url, timeout=10) as client:
         tokens = [access_token(client, partner) for partner in partners]

@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 from services.registry import SERVICES, ServiceSpec
 from shared.db import drop_database, ensure_database, upgrade_to_head
 from shared.events import TOPICS
-from shared.settings import RUNTIME_ENV_FILE
+from shared.settings import RUNTIME_ENV_FILE, ServiceSettings
 
 STATE_DIR = Path(".vroeg")
 MACHINE_POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -173,14 +173,19 @@ def embedded_postgres_url(data_dir: Path) -> str:
     return uri.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
 
 
+KEYSTORE_MIGRATIONS = Path(__file__).resolve().parent.parent / "shared" / "keystore"
+
+
 async def prepare_databases(specs: Iterable[ServiceSpec], *, fresh: bool = False) -> None:
-    """Create each service's database (anew if `fresh`) and migrate it to the newest schema."""
-    for spec in specs:
-        settings = spec.settings()
+    """Create each service's database and the key store (anew if `fresh`) and migrate them
+    to the newest schema."""
+    targets = [(spec.migrations, spec.settings().database_url) for spec in specs]
+    targets.append((KEYSTORE_MIGRATIONS, ServiceSettings().keystore_url))
+    for migrations, database_url in targets:
         if fresh:
-            await drop_database(settings.database_url)
-        await ensure_database(settings.database_url)
-        await asyncio.to_thread(upgrade_to_head, spec.migrations, settings.database_url)
+            await drop_database(database_url)
+        await ensure_database(database_url)
+        await asyncio.to_thread(upgrade_to_head, migrations, database_url)
 
 
 @dataclass
@@ -197,19 +202,24 @@ class Stack:
         return f"http://127.0.0.1:{self.ports[service]}"
 
     def start_service(
-        self, spec: ServiceSpec, *, name: str | None = None, port: int | None = None
+        self,
+        spec: ServiceSpec,
+        *,
+        name: str | None = None,
+        port: int | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> ManagedProcess:
-        """Start one replica of a service as its own process."""
+        """Start one replica of a service as its own process (extra `env` on top)."""
         name = name or spec.name
         port = port or self.ports.get(name) or spec.settings().http_port
         self.ports[name] = port
-        env = {**os.environ, **self.env, "VROEG_PORT": str(port)}
+        process_env = {**os.environ, **self.env, **(env or {}), "VROEG_PORT": str(port)}
         if self.trace_dir is not None:
-            env["VROEG_OTEL_FILE"] = str(self.trace_dir / f"{name}.jsonl")
+            process_env["VROEG_OTEL_FILE"] = str(self.trace_dir / f"{name}.jsonl")
         process = ManagedProcess(
             name,
             [sys.executable, "-m", spec.module],
-            env,
+            process_env,
             self.log_dir / f"{name}.log",
         ).start()
         self.processes[name] = process

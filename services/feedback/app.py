@@ -2,10 +2,10 @@
 
 from fastapi import FastAPI
 
-from services.feedback.handlers import on_outreach_due
+from services.feedback.handlers import on_outreach_due, on_signal_blocked
 from services.feedback.models import messaging
 from services.feedback.settings import FeedbackSettings
-from shared.events import OUTREACH_DUE
+from shared.events import OUTREACH_DUE, SIGNAL_BLOCKED
 from shared.messaging import Subscription
 from shared.service import create_service_app, serve
 
@@ -15,7 +15,10 @@ def create_app(settings: FeedbackSettings | None = None) -> FastAPI:
     return create_service_app(
         settings=settings,
         tables=messaging,
-        subscriptions=[Subscription(OUTREACH_DUE, on_outreach_due)],
+        subscriptions=[
+            Subscription(OUTREACH_DUE, on_outreach_due),
+            Subscription(SIGNAL_BLOCKED, on_signal_blocked),
+        ],
         title="Vroegsignalering – terugkoppeling",
         description="Houdt bij wat partners over hun signalen te horen krijgen.",
     )

@@ -7,19 +7,44 @@ import binascii
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Header, Request, Response
+from fastapi import APIRouter, Depends, Form, Header, Request, Response
 from sqlalchemy import select
 
-from services.intake import domain, handlers
-from services.intake.auth import CurrentPartner, confirm_active, issue_token, secret_matches
-from services.intake.models import Partner
+from services.intake import deliveries, handlers
+from services.intake.auth import (
+    CurrentPartner,
+    PartnerIdentity,
+    confirm_active,
+    issue_token,
+    secret_matches,
+)
+from services.intake.models import Delivery, DeliveryLine, Partner, Signal
 from services.intake.problems import Problem, invalid_input
-from services.intake.schemas import Receipt, SignalIn, TokenResponse
+from services.intake.schemas import (
+    DeliveryReceipt,
+    DeliveryStatus,
+    Receipt,
+    SignalIn,
+    TokenResponse,
+)
 from shared.events import utc_now
 
 router = APIRouter()
 
 _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+_REFUSALS: dict[int | str, dict[str, Any]] = {
+    400: {
+        **_PROBLEM,
+        "description": "Ongeldige invoer: elk fout veld en de regel staan in invalidParams.",
+    },
+    401: {**_PROBLEM, "description": "Geen of geen geldig toegangstoken."},
+    413: {**_PROBLEM, "description": "De body is te groot."},
+    415: {**_PROBLEM, "description": "Verkeerd Content-Type."},
+    429: {
+        **_PROBLEM,
+        "description": "Te veel verzoeken; probeer het na Retry-After seconden opnieuw.",
+    },
+}
 
 
 def _basic_credentials(authorization: str | None) -> tuple[str, str] | None:
@@ -33,17 +58,41 @@ def _basic_credentials(authorization: str | None) -> tuple[str, str] | None:
     return (client_id, secret) if sep else None
 
 
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def rate_limited(request: Request, partner: CurrentPartner) -> PartnerIdentity:
+    """429 with Retry-After when a partner sends faster than its share (per replica)."""
+    wait = request.app.state.rate_limiter.allow(partner.id)
+    if wait is not None:
+        seconds = max(1, int(wait + 0.999))
+        raise Problem(
+            429,
+            "Te veel verzoeken",
+            f"U stuurt meer verzoeken dan is toegestaan. Probeer het over {seconds} seconden "
+            "opnieuw, of lever grote aantallen via POST /api/v1/leveringen.",
+            headers={"Retry-After": str(seconds)},
+        )
+    return partner
+
+
+LimitedPartner = Annotated[PartnerIdentity, Depends(rate_limited)]
+
+
 @router.post(
     "/oauth/token",
     response_model=TokenResponse,
     tags=["authenticatie"],
     summary="Vraag een toegangstoken aan (OAuth 2.0 client credentials)",
-    responses={400: _PROBLEM, 401: _PROBLEM},
+    description="Stuur client_id en client_secret als HTTP Basic en grant_type=client_credentials "
+    "als formulierveld. Het token draagt de identiteit van de partner.",
+    responses={400: _REFUSALS[400], 401: _REFUSALS[401]},
 )
 async def token(
     request: Request,
-    grant_type: Annotated[str, Form()],
-    authorization: Annotated[str | None, Header()] = None,
+    grant_type: Annotated[str, Form(examples=["client_credentials"])],
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> TokenResponse:
     if grant_type != "client_credentials":
         raise Problem(400, "Ongeldig verzoek", "grant_type moet client_credentials zijn.")
@@ -65,6 +114,7 @@ async def token(
         or not secret_matches(partner.secret_hash, credentials[1])
     ):
         raise refused
+    request.state.partner_id = str(partner.id)
     return TokenResponse(
         access_token=issue_token(partner, runtime.settings, utc_now()),
         expires_in=runtime.settings.token_lifetime_s,
@@ -77,67 +127,43 @@ async def token(
     status_code=201,
     tags=["signalen"],
     summary="Lever één signaal aan",
+    description="Het signaal wordt gecontroleerd, naar de gemeente van het adres gerouteerd en "
+    "doorgestuurd, of niet doorgestuurd als de gemeente signalen voor dit adres niet oppakt. "
+    "Hetzelfde partnerSignaalId opnieuw geeft 200 en dezelfde ontvangstbevestiging.",
     responses={
         200: {
             "model": Receipt,
             "description": "Dit signaal was al geleverd: dezelfde ontvangstbevestiging.",
         },
-        400: _PROBLEM,
-        401: _PROBLEM,
+        **_REFUSALS,
     },
 )
 async def deliver_signal(
-    request: Request, response: Response, signal: SignalIn, partner: CurrentPartner
+    request: Request, response: Response, signal: SignalIn, partner: LimitedPartner
 ) -> Receipt:
     runtime = request.app.state.runtime
-    now = utc_now()
-    violations = domain.check_signal(signal, now.date())
-    if violations:
-        raise invalid_input(
-            [{"name": v.name, "code": "regel", "reason": v.reason} for v in violations]
-        )
-    gemeentecode = _route(request.app.state.municipalities, signal)
     async with runtime.session_factory() as session, session.begin():
         await confirm_active(session, partner)
-        receipt, created = await handlers.accept_signal(
+        [outcome] = await handlers.accept_signals(
             session,
+            request.app.state.vault,
             runtime.outbox,
             partner,
-            signal,
-            gemeentecode=gemeentecode,
+            [signal],
+            region=request.app.state.municipalities,
             household_secret=runtime.settings.household_key_secret.get_secret_value(),
-            now=now,
+            now=utc_now(),
         )
-    if created:
+    if isinstance(outcome, handlers.Refused):
+        raise invalid_input(
+            [{"name": v.name, "code": "regel", "reason": v.reason} for v in outcome.violations]
+        )
+    if outcome.created:
         runtime.outbox.wake()
-    response.status_code = 201 if created else 200
-    response.headers["Location"] = f"/api/v1/signalen/{receipt.id}"
-    return receipt
-
-
-def _route(municipalities: frozenset[str], signal: SignalIn) -> str:
-    """The municipality a signal belongs to (derivation from the address follows in #3)."""
-    if signal.gemeentecode is None:
-        raise invalid_input(
-            [
-                {
-                    "name": "gemeentecode",
-                    "code": "regel",
-                    "reason": "Geef de gemeentecode van het adres.",
-                }
-            ]
-        )
-    if signal.gemeentecode not in municipalities:
-        raise invalid_input(
-            [
-                {
-                    "name": "gemeentecode",
-                    "code": "regel",
-                    "reason": "Deze gemeente hoort niet bij deze regio; het signaal is niet aangenomen.",
-                }
-            ]
-        )
-    return signal.gemeentecode
+    request.state.audit_object = f"signaal:{outcome.receipt.id}"
+    response.status_code = 201 if outcome.created else 200
+    response.headers["Location"] = f"/api/v1/signalen/{outcome.receipt.id}"
+    return outcome.receipt
 
 
 @router.get(
@@ -145,12 +171,127 @@ def _route(municipalities: frozenset[str], signal: SignalIn) -> str:
     response_model=Receipt,
     tags=["signalen"],
     summary="De ontvangstbevestiging van een eigen signaal",
-    responses={401: _PROBLEM, 404: _PROBLEM},
+    responses={401: _REFUSALS[401], 404: _PROBLEM, 429: _REFUSALS[429]},
 )
-async def get_receipt(request: Request, signaal_id: uuid.UUID, partner: CurrentPartner) -> Receipt:
+async def get_receipt(request: Request, signaal_id: uuid.UUID, partner: LimitedPartner) -> Receipt:
     async with request.app.state.runtime.session_factory() as session:
         await confirm_active(session, partner)
         receipt = await handlers.receipt_for(session, partner, signaal_id)
     if receipt is None:
         raise Problem(404, "Niet gevonden", "Geen signaal van u met dit id.")
+    request.state.audit_object = f"signaal:{signaal_id}"
     return receipt
+
+
+@router.post(
+    "/api/v1/leveringen",
+    response_model=DeliveryReceipt,
+    status_code=202,
+    tags=["leveringen"],
+    summary="Lever een reeks signalen aan (JSON-lijst of CSV)",
+    description="Een JSON-lijst van signalen (application/json) of een CSV-bestand (text/csv, "
+    "UTF-8 met of zonder BOM, scheidingsteken ; of ,) met dezelfde veldnamen, genest met punten "
+    "(adres.postcode). Elk signaal wordt apart beoordeeld: goede signalen worden aangenomen, "
+    "ook als andere fouten bevatten. Volg de voortgang met GET /api/v1/leveringen/{id}.",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"type": "array", "items": {"$ref": "#/components/schemas/SignalIn"}}
+                },
+                "text/csv": {
+                    "schema": {"type": "string"},
+                    "example": "partnerSignaalId;soort;signaaldatum;achterstandBedrag;...\n",
+                },
+            },
+        }
+    },
+    responses=_REFUSALS,
+)
+async def deliver_batch(
+    request: Request, response: Response, partner: LimitedPartner
+) -> DeliveryReceipt:
+    media_type = _media_type(request)
+    if media_type not in ("application/json", "text/csv"):
+        raise Problem(
+            415, "Verkeerd Content-Type", "Stuur een levering als application/json of text/csv."
+        )
+    body = await request.body()
+    try:
+        lines = deliveries.parse(body, media_type)
+    except deliveries.UnreadableDelivery as exc:
+        raise invalid_input([{"name": "body", "code": "bestand", "reason": str(exc)}]) from None
+    settings = request.app.state.runtime.settings
+    if not lines or len(lines) > settings.delivery_max_lines:
+        raise invalid_input(
+            [
+                {
+                    "name": "body",
+                    "code": "aantal",
+                    "reason": f"Een levering bevat 1 tot {settings.delivery_max_lines} signalen.",
+                }
+            ]
+        )
+    async with request.app.state.runtime.session_factory() as session, session.begin():
+        await confirm_active(session, partner)
+        delivery = await deliveries.store_delivery(
+            session, request.app.state.vault, partner, body, media_type, len(lines), utc_now()
+        )
+    request.app.state.delivery_worker.wake()
+    request.state.audit_object = f"levering:{delivery.id}"
+    response.headers["Location"] = f"/api/v1/leveringen/{delivery.id}"
+    return DeliveryReceipt(
+        id=delivery.id,
+        status=delivery.status,
+        aantal=delivery.aantal,
+        ontvangen_op=delivery.ontvangen_op,
+    )
+
+
+@router.get(
+    "/api/v1/leveringen/{levering_id}",
+    response_model=DeliveryStatus,
+    tags=["leveringen"],
+    summary="Voortgang van een levering, met per signaal de ontvangstbevestiging of de fouten",
+    responses={401: _REFUSALS[401], 404: _PROBLEM, 429: _REFUSALS[429]},
+)
+async def delivery_status(
+    request: Request, levering_id: uuid.UUID, partner: LimitedPartner
+) -> DeliveryStatus:
+    async with request.app.state.runtime.session_factory() as session:
+        await confirm_active(session, partner)
+        delivery = await session.scalar(
+            select(Delivery).where(Delivery.id == levering_id, Delivery.partner_id == partner.id)
+        )
+        if delivery is None:
+            raise Problem(404, "Niet gevonden", "Geen levering van u met dit id.")
+        lines = list(
+            await session.scalars(
+                select(DeliveryLine)
+                .where(DeliveryLine.levering_id == levering_id)
+                .order_by(DeliveryLine.regel)
+            )
+        )
+        signal_ids = [line.signal_id for line in lines if line.signal_id is not None]
+        receipts = (
+            {
+                signal.id: handlers.receipt_of(signal).model_dump(mode="json", by_alias=True)
+                for signal in await session.scalars(select(Signal).where(Signal.id.in_(signal_ids)))
+            }
+            if signal_ids
+            else {}
+        )
+    request.state.audit_object = f"levering:{levering_id}"
+    return DeliveryStatus(
+        id=delivery.id,
+        status=delivery.status,
+        ontvangen_op=delivery.ontvangen_op,
+        afgerond_op=delivery.afgerond_op,
+        aantal=delivery.aantal,
+        aantal_verwerkt=delivery.aantal_verwerkt,
+        aantal_doorgestuurd=delivery.aantal_doorgestuurd,
+        aantal_niet_doorgestuurd=delivery.aantal_niet_doorgestuurd,
+        aantal_geweigerd=delivery.aantal_geweigerd,
+        signalen=[deliveries.line_receipt(line, receipts) for line in lines],
+    )

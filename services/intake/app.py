@@ -1,32 +1,79 @@
-"""Intake process: the partner gateway (HTTP) and its outbox relay."""
+"""Intake process: the partner gateway (HTTP), the delivery worker, the blacklist
+consumer and the outbox relay."""
+
+import asyncio
+from functools import partial
 
 from fastapi import FastAPI
 
 from services.intake import handlers, problems
 from services.intake.api import router
+from services.intake.deliveries import DeliveryWorker
+from services.intake.gateway import AuditPartnerCalls, AuditTrail, RateLimiter, RequestGuard
 from services.intake.models import messaging
 from services.intake.settings import IntakeSettings
-from shared.service import create_service_app, serve
+from shared.crypto import make_vault
+from shared.db import make_engine
+from shared.events import BLACKLIST_CHANGED
+from shared.messaging import Subscription
+from shared.service import Runtime, create_service_app, serve
 
 
-async def register_region(app: FastAPI) -> None:
-    """The region's municipalities are the tenants: make sure they exist, keep their codes."""
-    async with app.state.runtime.session_factory() as session, session.begin():
+async def start(app: FastAPI) -> None:
+    """Region, vault, delivery worker and audit trail, before the first request."""
+    runtime: Runtime = app.state.runtime
+    settings: IntakeSettings = runtime.settings  # type: ignore[assignment]
+    async with runtime.session_factory() as session, session.begin():
         await handlers.register_municipalities(session)
         app.state.municipalities = await handlers.municipality_codes(session)
+    app.state.keystore = make_engine(settings.keystore_url, pool_size=5)
+    app.state.vault = make_vault(settings, app.state.keystore)
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+    app.state.audit_trail = AuditTrail(runtime.session_factory)
+    app.state.delivery_worker = DeliveryWorker(
+        settings, runtime.session_factory, app.state.vault, runtime.outbox, app.state.municipalities
+    )
+    runtime.tasks.append(asyncio.create_task(app.state.audit_trail.run(), name="audit-trail"))
+    runtime.tasks.append(asyncio.create_task(app.state.delivery_worker.run(), name="deliveries"))
+
+
+async def stop(app: FastAPI) -> None:
+    await app.state.audit_trail.close()
+    await app.state.keystore.dispose()
 
 
 def create_app(settings: IntakeSettings | None = None) -> FastAPI:
     settings = settings or IntakeSettings()
+    runtime = Runtime.create(settings, messaging)
     app = create_service_app(
         settings=settings,
         tables=messaging,
+        runtime=runtime,
         routers=[router],
+        subscriptions=[
+            Subscription(
+                BLACKLIST_CHANGED, partial(handlers.on_blacklist_changed, outbox=runtime.outbox)
+            )
+        ],
         title="Vroegsignalering – signaal-API voor partners",
-        description="Signaalpartners leveren hier betalingsachterstanden aan bij de gemeente.",
-        on_startup=register_region,
+        description="Signaalpartners (verhuurders, energie-, water- en zorgverzekeraars) leveren hier "
+        "betalingsachterstanden aan bij de gemeente, volgens de Wet gemeentelijke "
+        "schuldhulpverlening. Authenticatie: OAuth 2.0 client credentials (POST /oauth/token).",
+        on_startup=start,
+        on_shutdown=stop,
     )
     problems.install(app)
+    app.add_middleware(AuditPartnerCalls, trail_of=lambda: getattr(app.state, "audit_trail", None))
+    app.add_middleware(
+        RequestGuard,
+        default_limit=settings.max_signal_bytes,
+        limits={"/api/v1/leveringen": settings.max_delivery_bytes},
+        content_types={
+            "/api/v1/signalen": ("application/json",),
+            "/api/v1/leveringen": ("application/json", "text/csv"),
+            "/oauth/token": ("application/x-www-form-urlencoded",),
+        },
+    )
     return app
 
 

@@ -84,11 +84,13 @@ async def current_partner(
             issuer=settings.token_issuer,
             options={"require": ["exp", "sub", "iss"]},
         )
-        return PartnerIdentity(
+        partner = PartnerIdentity(
             id=uuid.UUID(claims["sub"]), naam=claims["naam"], soort=claims["soort"]
         )
     except (jwt.PyJWTError, ValueError, KeyError):
         raise _UNAUTHORIZED from None
+    request.state.partner_id = str(partner.id)
+    return partner
 
 
 async def confirm_active(session: AsyncSession, partner: PartnerIdentity) -> None:

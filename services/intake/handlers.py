@@ -4,20 +4,61 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.intake import domain
 from services.intake.auth import PartnerIdentity, hash_secret, new_client_credentials
-from services.intake.models import Municipality, Partner, Signal
+from services.intake.domain import Violation
+from services.intake.models import (
+    Address,
+    AuditRecord,
+    BlacklistEntry,
+    Municipality,
+    Partner,
+    Signal,
+)
 from services.intake.schemas import Receipt, SignalIn
-from shared.events import SIGNAL_RECEIVED, SignalReceived
+from shared.crypto import Vault, subject_id
+from shared.events import (
+    SIGNAL_BLOCKED,
+    SIGNAL_RECEIVED,
+    BlacklistChanged,
+    Event,
+    SignalBlocked,
+    SignalReceived,
+    Topic,
+)
 from shared.household import DwellingAddress, household_key
 from shared.outbox import Outbox
 from shared.region import DRENTHE
 
 FORWARDED = "doorgestuurd"
+NOT_FORWARDED = "niet-doorgestuurd"
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A signal stored: forwarded or not; `created` is False when it was delivered before."""
+
+    receipt: Receipt
+    created: bool
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A signal refused, with every rule it broke; nothing of it is stored."""
+
+    violations: list[Violation]
+
+
+Outcome = Accepted | Refused
 
 
 def receipt_of(signal: Signal) -> Receipt:
@@ -30,86 +71,219 @@ def receipt_of(signal: Signal) -> Receipt:
     )
 
 
-async def accept_signal(
-    session: AsyncSession,
-    outbox: Outbox,
-    partner: PartnerIdentity,
-    signal_in: SignalIn,
-    *,
-    gemeentecode: str,
-    household_secret: str,
-    now: dt.datetime,
-) -> tuple[Receipt, bool]:
-    """Store a signal and stage `signal.received`; (receipt, False) if it was delivered before."""
-    key = household_key(
-        DwellingAddress(
-            postcode=signal_in.adres.postcode,
-            huisnummer=signal_in.adres.huisnummer,
-            huisletter=signal_in.adres.huisletter,
-            huisnummertoevoeging=signal_in.adres.huisnummertoevoeging,
-        ),
-        household_secret,
+def dwelling(signal_in: SignalIn) -> DwellingAddress:
+    address = signal_in.adres
+    return DwellingAddress(
+        postcode=address.postcode,
+        huisnummer=address.huisnummer,
+        huisletter=address.huisletter,
+        huisnummertoevoeging=address.huisnummertoevoeging,
     )
-    signal_id = uuid.uuid4()
-    inserted = await session.scalar(
-        pg_insert(Signal)
-        .values(
-            id=signal_id,
-            partner_id=partner.id,
-            partner_signaal_id=signal_in.partner_signaal_id,
-            gemeentecode=gemeentecode,
-            household_key=key,
-            soort=signal_in.soort,
-            energiesoort=signal_in.energiesoort,
-            signaaldatum=signal_in.signaaldatum,
-            ontstaansdatum=signal_in.ontstaansdatum,
-            achterstand_bedrag=signal_in.achterstand_bedrag,
-            persoonsgegevens=signal_in.model_dump(
-                mode="json", by_alias=True, include={"persoon", "adres", "contact", "klantnummer"}
-            ),
-            status=FORWARDED,
-            reden=None,
-            ontvangen_op=now,
-        )
-        .on_conflict_do_nothing(index_elements=["partner_id", "partner_signaal_id"])
-        .returning(Signal.id)
-    )
-    if inserted is None:  # same partnerSignaalId again, also when two requests race
-        existing = await session.scalar(
-            select(Signal).where(
-                Signal.partner_id == partner.id,
-                Signal.partner_signaal_id == signal_in.partner_signaal_id,
+
+
+def _compact_postcode(postcode: str) -> str:
+    return postcode.replace(" ", "").upper()
+
+
+async def _municipalities_of(
+    session: AsyncSession, signals: Sequence[SignalIn]
+) -> dict[tuple[str, int], str]:
+    pairs = sorted({(_compact_postcode(s.adres.postcode), s.adres.huisnummer) for s in signals})
+    found: dict[tuple[str, int], str] = {}
+    for start in range(0, len(pairs), 1000):
+        chunk = pairs[start : start + 1000]
+        rows = await session.execute(
+            select(Address.postcode, Address.huisnummer, Address.gemeentecode).where(
+                tuple_(Address.postcode, Address.huisnummer).in_(chunk)
             )
         )
-        assert existing is not None
-        return receipt_of(existing), False
-    await outbox.stage(
-        session,
-        SIGNAL_RECEIVED,
-        SignalReceived(
-            gemeentecode=gemeentecode,
-            household_key=key,
-            signal_id=signal_id,
+        found.update({(row.postcode, row.huisnummer): row.gemeentecode for row in rows})
+    return found
+
+
+async def _blacklisted(session: AsyncSession, keys: set[str], today: dt.date) -> set[str]:
+    if not keys:
+        return set()
+    rows = await session.scalars(
+        select(BlacklistEntry.household_key).where(
+            BlacklistEntry.household_key.in_(keys),
+            BlacklistEntry.verwijderd_op.is_(None),
+            BlacklistEntry.begin <= today,
+            BlacklistEntry.einde >= today,
+        )
+    )
+    return set(rows)
+
+
+async def _last_blocked_arrears(
+    session: AsyncSession, partner_id: uuid.UUID, keys: set[str]
+) -> dict[str, Decimal]:
+    if not keys:
+        return {}
+    rows = await session.execute(
+        select(Signal.household_key, Signal.achterstand_bedrag)
+        .where(
+            Signal.partner_id == partner_id,
+            Signal.household_key.in_(keys),
+            Signal.status == NOT_FORWARDED,
+        )
+        .order_by(Signal.household_key, Signal.ontvangen_op.desc())
+        .distinct(Signal.household_key)
+    )
+    return {row.household_key: row.achterstand_bedrag for row in rows}
+
+
+async def accept_signals(
+    session: AsyncSession,
+    vault: Vault,
+    outbox: Outbox,
+    partner: PartnerIdentity,
+    signals: Sequence[SignalIn],
+    *,
+    region: frozenset[str],
+    household_secret: str,
+    now: dt.datetime,
+    levering_id: uuid.UUID | None = None,
+) -> list[Outcome]:
+    """Judge each signal on its own; store and stage events for the good ones, in the
+    caller's transaction. One set of statements for the whole list, so a delivery of
+    10,000 signals costs a handful of round trips per thousand."""
+    today = now.date()
+    outcomes: list[Outcome | None] = [None] * len(signals)
+    municipalities = await _municipalities_of(session, signals)
+    keys = [household_key(dwelling(s), household_secret) for s in signals]
+    routed: dict[int, str] = {}
+    for index, signal_in in enumerate(signals):
+        violations = domain.check_signal(signal_in, today)
+        address = (_compact_postcode(signal_in.adres.postcode), signal_in.adres.huisnummer)
+        municipality = domain.route(signal_in.gemeentecode, municipalities.get(address), region)
+        if isinstance(municipality, Violation):
+            violations.append(municipality)
+        else:
+            routed[index] = municipality
+        if violations:
+            outcomes[index] = Refused(violations)
+    candidates = [i for i in range(len(signals)) if outcomes[i] is None]
+    blacklisted = await _blacklisted(session, {keys[i] for i in candidates}, today)
+    last_blocked = await _last_blocked_arrears(session, partner.id, blacklisted)
+    subjects = [
+        subject_id(household_secret, domain.person_identity(signals[i].persoon, keys[i]))
+        for i in candidates
+    ]
+    sealed = await vault.seal_many(
+        [
+            (subject, signals[i].model_dump_json(by_alias=True, include=PERSONAL_FIELDS).encode())
+            for subject, i in zip(subjects, candidates, strict=True)
+        ],
+        PERSONAL_DATA_CONTEXT,
+    )
+    rows: list[dict[str, Any]] = []
+    for subject, sealed_text, i in zip(subjects, sealed, candidates, strict=True):
+        signal_in = signals[i]
+        verdict = domain.door_verdict(
+            keys[i] in blacklisted, signal_in.achterstand_bedrag, last_blocked.get(keys[i])
+        )
+        rows.append(
+            {
+                "id": uuid.uuid4(),
+                "partner_id": partner.id,
+                "partner_signaal_id": signal_in.partner_signaal_id,
+                "gemeentecode": routed[i],
+                "household_key": keys[i],
+                "soort": signal_in.soort,
+                "energiesoort": signal_in.energiesoort,
+                "signaaldatum": signal_in.signaaldatum,
+                "ontstaansdatum": signal_in.ontstaansdatum,
+                "achterstand_bedrag": signal_in.achterstand_bedrag,
+                "aantal_termijnen": signal_in.aantal_termijnen_achterstand,
+                "crisissignaal": signal_in.crisissignaal,
+                "warme_overdracht": signal_in.warme_overdracht,
+                "subject_id": subject,
+                "persoonsgegevens": sealed_text,
+                "status": verdict,
+                "reden": None if verdict == FORWARDED else domain.NOT_FORWARDED_REASON,
+                "ontvangen_op": now,
+                "levering_id": levering_id,
+            }
+        )
+    created_ids: set[uuid.UUID] = set()
+    for start in range(0, len(rows), 1000):
+        result = await session.execute(
+            pg_insert(Signal)
+            .values(rows[start : start + 1000])
+            .on_conflict_do_nothing(index_elements=["partner_id", "partner_signaal_id"])
+            .returning(Signal.id)
+        )
+        created_ids.update(result.scalars())
+    earlier = await _existing(
+        session, partner.id, [r["partner_signaal_id"] for r in rows if r["id"] not in created_ids]
+    )
+    events: list[tuple[Topic, Event]] = []
+    for i, row in zip(candidates, rows, strict=True):
+        if row["id"] in created_ids:
+            created_ids.discard(row["id"])
+            outcomes[i] = Accepted(_receipt(row), created=True)
+            events.append(_event_for(row, partner))
+        else:  # same partnerSignaalId as an earlier delivery, or twice in this one
+            outcomes[i] = Accepted(receipt_of(earlier[row["partner_signaal_id"]]), created=False)
+    await outbox.stage_many(session, events)
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+PERSONAL_FIELDS = {"persoon", "adres", "contact", "klantnummer"}
+PERSONAL_DATA_CONTEXT = "signaal.persoonsgegevens"
+
+
+def _receipt(row: dict) -> Receipt:
+    return Receipt(
+        id=row["id"],
+        partner_signaal_id=row["partner_signaal_id"],
+        ontvangen_op=row["ontvangen_op"],
+        status=row["status"],
+        reden=row["reden"],
+    )
+
+
+async def _existing(
+    session: AsyncSession, partner_id: uuid.UUID, partner_signaal_ids: list[str]
+) -> dict[str, Signal]:
+    if not partner_signaal_ids:
+        return {}
+    found = await session.scalars(
+        select(Signal).where(
+            Signal.partner_id == partner_id, Signal.partner_signaal_id.in_(set(partner_signaal_ids))
+        )
+    )
+    return {signal.partner_signaal_id: signal for signal in found}
+
+
+def _event_for(row: dict, partner: PartnerIdentity) -> tuple[Topic, Event]:
+    if row["status"] == FORWARDED:
+        return SIGNAL_RECEIVED, SignalReceived(
+            gemeentecode=row["gemeentecode"],
+            household_key=row["household_key"],
+            signal_id=row["id"],
             partner_id=partner.id,
             partner_naam=partner.naam,
             creditor_id=partner.id,
-            partner_signaal_id=signal_in.partner_signaal_id,
-            soort=signal_in.soort,
-            energiesoort=signal_in.energiesoort,
-            signaaldatum=signal_in.signaaldatum,
-            ontstaansdatum=signal_in.ontstaansdatum,
-            achterstand_bedrag=signal_in.achterstand_bedrag,
-            ontvangen_op=now,
-        ),
-    )
-    return (
-        Receipt(
-            id=signal_id,
-            partner_signaal_id=signal_in.partner_signaal_id,
-            ontvangen_op=now,
-            status=FORWARDED,
-        ),
-        True,
+            partner_signaal_id=row["partner_signaal_id"],
+            soort=row["soort"],
+            energiesoort=row["energiesoort"],
+            signaaldatum=row["signaaldatum"],
+            ontstaansdatum=row["ontstaansdatum"],
+            achterstand_bedrag=row["achterstand_bedrag"],
+            ontvangen_op=row["ontvangen_op"],
+            subject_id=row["subject_id"],
+            persoonsgegevens=row["persoonsgegevens"],
+        )
+    return SIGNAL_BLOCKED, SignalBlocked(
+        gemeentecode=row["gemeentecode"],
+        household_key=row["household_key"],
+        signal_id=row["id"],
+        partner_id=partner.id,
+        partner_signaal_id=row["partner_signaal_id"],
+        reden="uitsluitingslijst",
+        ontvangen_op=row["ontvangen_op"],
     )
 
 
@@ -154,3 +328,161 @@ async def add_partner(
     session.add(partner)
     await session.flush()
     return partner, secret
+
+
+async def on_blacklist_changed(
+    session: AsyncSession, event: BlacklistChanged, *, outbox: Outbox
+) -> None:
+    """Keep the blacklist at the door in step with outreach's decisions."""
+    if event.actie == "verwijderd":
+        await session.execute(
+            update(BlacklistEntry)
+            .where(BlacklistEntry.id == event.entry_id, BlacklistEntry.verwijderd_op.is_(None))
+            .values(verwijderd_op=event.occurred_at)
+        )
+        return
+    await session.execute(
+        pg_insert(BlacklistEntry)
+        .values(
+            id=event.entry_id,
+            household_key=event.household_key,
+            gemeentecode=event.gemeentecode,
+            reden=event.reden,
+            toelichting=None,
+            begin=event.begin,
+            einde=event.einde,
+            bron="outreach",
+            ingevoerd_door="outreach",
+            ingevoerd_op=event.occurred_at,
+        )
+        .on_conflict_do_nothing(index_elements=["id"])
+    )
+
+
+async def add_to_blacklist(
+    session: AsyncSession,
+    *,
+    address: DwellingAddress,
+    gemeentecode: str,
+    reden: str,
+    toelichting: str | None,
+    begin: dt.date,
+    einde: dt.date,
+    actor: str,
+    household_secret: str,
+    now: dt.datetime,
+) -> BlacklistEntry:
+    """An administrator puts an address on the blacklist; audited, never without an end."""
+    entry = BlacklistEntry(
+        id=uuid.uuid4(),
+        household_key=household_key(address, household_secret),
+        gemeentecode=gemeentecode,
+        reden=reden,
+        toelichting=toelichting,
+        begin=begin,
+        einde=einde,
+        bron="beheer",
+        ingevoerd_door=actor,
+        ingevoerd_op=now,
+    )
+    session.add(entry)
+    session.add(
+        AuditRecord(
+            at=now,
+            actor=actor,
+            action="uitsluiting-toegevoegd",
+            object=f"uitsluiting:{entry.id}",
+            result="ok",
+            gemeentecode=gemeentecode,
+        )
+    )
+    await session.flush()
+    return entry
+
+
+async def list_blacklist(
+    session: AsyncSession, gemeentecode: str, *, actor: str, today: dt.date, now: dt.datetime
+) -> list[BlacklistEntry]:
+    """The active entries of one municipality; the read is audited."""
+    entries = list(
+        await session.scalars(
+            select(BlacklistEntry)
+            .where(
+                BlacklistEntry.gemeentecode == gemeentecode,
+                BlacklistEntry.verwijderd_op.is_(None),
+                BlacklistEntry.einde >= today,
+            )
+            .order_by(BlacklistEntry.einde)
+        )
+    )
+    session.add(
+        AuditRecord(
+            at=now,
+            actor=actor,
+            action="uitsluitingen-gelezen",
+            object=f"uitsluitingen:{gemeentecode}",
+            result=str(len(entries)),
+            gemeentecode=gemeentecode,
+        )
+    )
+    return entries
+
+
+async def remove_from_blacklist(
+    session: AsyncSession, entry_id: uuid.UUID, *, actor: str, now: dt.datetime
+) -> bool:
+    entry = await session.get(BlacklistEntry, entry_id)
+    if entry is None or entry.verwijderd_op is not None:
+        return False
+    entry.verwijderd_op = now
+    session.add(
+        AuditRecord(
+            at=now,
+            actor=actor,
+            action="uitsluiting-verwijderd",
+            object=f"uitsluiting:{entry_id}",
+            result="ok",
+            gemeentecode=entry.gemeentecode,
+        )
+    )
+    return True
+
+
+async def set_partner_active(
+    session: AsyncSession, client_id: str, active: bool, *, actor: str, now: dt.datetime
+) -> Partner | None:
+    """Enable or disable a partner; a disabled partner's tokens stop working at once."""
+    partner = await session.scalar(select(Partner).where(Partner.client_id == client_id))
+    if partner is None:
+        return None
+    partner.actief = active
+    partner.gewijzigd_op = now
+    session.add(
+        AuditRecord(
+            at=now,
+            actor=actor,
+            action="partner-aangezet" if active else "partner-uitgezet",
+            object=f"partner:{partner.id}",
+            result="ok",
+            gemeentecode=None,
+        )
+    )
+    return partner
+
+
+async def import_addresses(session: AsyncSession, rows: Sequence[tuple[str, int, str]]) -> int:
+    """Load (postcode, house number, municipality) rows into the region's address table."""
+    count = 0
+    for start in range(0, len(rows), 5000):
+        chunk = rows[start : start + 5000]
+        statement = pg_insert(Address).values(
+            [{"postcode": p, "huisnummer": n, "gemeentecode": g} for p, n, g in chunk]
+        )
+        await session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["postcode", "huisnummer"],
+                set_={"gemeentecode": statement.excluded.gemeentecode},
+            )
+        )
+        count += len(chunk)
+    return count

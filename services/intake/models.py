@@ -6,7 +6,21 @@ import datetime as dt
 import uuid
 from decimal import Decimal
 
-from sqlalchemy import JSON, Boolean, Date, DateTime, ForeignKey, Numeric, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Date,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import new_metadata
@@ -41,6 +55,7 @@ class Partner(Base):
     soort: Mapped[str] = mapped_column(String(40))
     kvk_nummer: Mapped[str | None] = mapped_column(String(8))
     actief: Mapped[bool] = mapped_column(Boolean, default=True)
+    gewijzigd_op: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     aangemaakt_op: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -60,7 +75,93 @@ class Signal(Base):
     signaaldatum: Mapped[dt.date] = mapped_column(Date)
     ontstaansdatum: Mapped[dt.date | None] = mapped_column(Date)
     achterstand_bedrag: Mapped[Decimal] = mapped_column(Numeric(12, 2))
-    persoonsgegevens: Mapped[dict] = mapped_column(JSON)
+    aantal_termijnen: Mapped[int | None] = mapped_column(Integer)
+    crisissignaal: Mapped[bool] = mapped_column(Boolean)
+    warme_overdracht: Mapped[bool] = mapped_column(Boolean)
+    subject_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    persoonsgegevens: Mapped[str] = mapped_column(Text, doc="Sealed with the person's data key.")
     status: Mapped[str] = mapped_column(String(30))
     reden: Mapped[str | None] = mapped_column(String(300))
     ontvangen_op: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    levering_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("leveringen.id"))
+
+
+class Address(Base):
+    """The region's address table: which municipality a dwelling lies in (CBS file
+    'buurt, wijk en gemeente bij postcode en huisnummer')."""
+
+    __tablename__ = "adressen"
+
+    postcode: Mapped[str] = mapped_column(String(6), primary_key=True)
+    huisnummer: Mapped[int] = mapped_column(Integer, primary_key=True)
+    gemeentecode: Mapped[str] = mapped_column(String(6), index=True)
+
+
+class BlacklistEntry(Base):
+    """A household whose signals are not forwarded, for a reason and until a date."""
+
+    __tablename__ = "uitsluitingen"
+    __table_args__ = (Index("ix_uitsluitingen_actief", "household_key", "einde"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    household_key: Mapped[str] = mapped_column(String(64))
+    gemeentecode: Mapped[str] = mapped_column(String(6), index=True)
+    reden: Mapped[str] = mapped_column(String(40))
+    toelichting: Mapped[str | None] = mapped_column(String(300))
+    begin: Mapped[dt.date] = mapped_column(Date)
+    einde: Mapped[dt.date] = mapped_column(Date)
+    bron: Mapped[str] = mapped_column(String(20))
+    ingevoerd_door: Mapped[str] = mapped_column(String(200))
+    ingevoerd_op: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    verwijderd_op: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Delivery(Base):
+    """A batch of signals (levering) and how far its processing got."""
+
+    __tablename__ = "leveringen"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    partner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("partners.id"), index=True)
+    formaat: Mapped[str] = mapped_column(String(10))
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    ontvangen_op: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    afgerond_op: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    aantal: Mapped[int] = mapped_column(Integer)
+    aantal_verwerkt: Mapped[int] = mapped_column(Integer, default=0)
+    aantal_doorgestuurd: Mapped[int] = mapped_column(Integer, default=0)
+    aantal_niet_doorgestuurd: Mapped[int] = mapped_column(Integer, default=0)
+    aantal_geweigerd: Mapped[int] = mapped_column(Integer, default=0)
+    inhoud: Mapped[bytes | None] = mapped_column(
+        LargeBinary, doc="The delivered file, sealed; deleted once processed."
+    )
+    verwerker: Mapped[str | None] = mapped_column(String(64))
+    lease_tot: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class DeliveryLine(Base):
+    """One line of a delivery: its receipt or why it was refused."""
+
+    __tablename__ = "levering_regels"
+
+    levering_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("leveringen.id"), primary_key=True)
+    regel: Mapped[int] = mapped_column(Integer, primary_key=True)
+    partner_signaal_id: Mapped[str | None] = mapped_column(String(100))
+    signal_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("signalen.id"))
+    status: Mapped[str] = mapped_column(String(30))
+    fouten: Mapped[list | None] = mapped_column(JSON)
+
+
+class AuditRecord(Base):
+    """Append-only: every partner call and every administrator action (who, what, result).
+    Never personal data: actors, routes, ids and outcomes only."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Identity(), primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(100))
+    object: Mapped[str | None] = mapped_column(String(200))
+    result: Mapped[str] = mapped_column(String(40))
+    gemeentecode: Mapped[str | None] = mapped_column(String(6))

@@ -7,12 +7,39 @@ from decimal import Decimal
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+from stdnum.exceptions import ValidationError as StdnumError
+from stdnum.nl import bsn as bsn_rules
+from stdnum.nl import postcode as postcode_rules
 
 from shared.events import EnergyKind, GemeenteCode, SignalKind
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+def _valid_bsn(value: str) -> str:
+    if not bsn_rules.is_valid(value):
+        raise ValueError("Dit is geen geldig BSN: het voldoet niet aan de elfproef.")
+    return value
+
+
+def _valid_postcode(value: str) -> str:
+    try:
+        return str(postcode_rules.validate(value))
+    except StdnumError:
+        raise ValueError("Dit is geen geldige Nederlandse postcode (zoals 9411 AB).") from None
+
+
+Bsn = Annotated[str, StringConstraints(pattern=r"^\d{9}$"), AfterValidator(_valid_bsn)]
+Postcode = Annotated[str, StringConstraints(max_length=7), AfterValidator(_valid_postcode)]
 
 
 class ApiModel(BaseModel):
@@ -31,7 +58,7 @@ class CollectionProcess(ApiModel):
 
 
 class Person(ApiModel):
-    bsn: Annotated[str, StringConstraints(pattern=r"^\d{9}$")] | None = None
+    bsn: Bsn | None = None
     voorletters: Annotated[str, StringConstraints(max_length=20)] | None = None
     voorvoegsel: Annotated[str, StringConstraints(max_length=20)] | None = None
     achternaam: Text
@@ -42,14 +69,19 @@ class Address(ApiModel):
     straatnaam: Text
     huisnummer: int = Field(ge=1, le=99999)
     huisletter: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]$")] | None = None
-    huisnummertoevoeging: Annotated[str, StringConstraints(max_length=4)] | None = None
-    postcode: Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{3} ?[A-Za-z]{2}$")]
+    huisnummertoevoeging: (
+        Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]{1,4}$")] | None
+    ) = None
+    postcode: Postcode
     woonplaats: Text
 
 
 class Contact(ApiModel):
-    telefoonnummer: Annotated[str, StringConstraints(max_length=20)] | None = None
-    email: Annotated[str, StringConstraints(max_length=254)] | None = None
+    telefoonnummer: Annotated[str, StringConstraints(pattern=r"^\+?[0-9 \-]{8,20}$")] | None = None
+    email: (
+        Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+        | None
+    ) = None
 
 
 class SignalIn(ApiModel):
@@ -141,3 +173,35 @@ class TokenResponse(BaseModel):
     access_token: str
     token_type: Literal["Bearer"] = "Bearer"
     expires_in: int
+
+
+class DeliveryReceipt(ApiModel):
+    """What the partner gets back at once for a delivery."""
+
+    id: UUID
+    status: str
+    aantal: int
+    ontvangen_op: dt.datetime
+
+
+class DeliveryLineResult(ApiModel):
+    regel: int
+    partner_signaal_id: str | None = None
+    status: Literal["doorgestuurd", "niet-doorgestuurd", "geweigerd"]
+    ontvangstbevestiging: Receipt | None = None
+    fouten: list[dict[str, str]] | None = None
+
+
+class DeliveryStatus(ApiModel):
+    """A delivery's progress and each signal's receipt or errors."""
+
+    id: UUID
+    status: Literal["ontvangen", "in-verwerking", "verwerkt"]
+    ontvangen_op: dt.datetime
+    afgerond_op: dt.datetime | None = None
+    aantal: int
+    aantal_verwerkt: int
+    aantal_doorgestuurd: int
+    aantal_niet_doorgestuurd: int
+    aantal_geweigerd: int
+    signalen: list[DeliveryLineResult]

@@ -2,10 +2,11 @@ from typing import ClassVar
 
 from pydantic import Field, SecretStr
 
-from shared.settings import DEVELOPMENT_SECRET_PREFIX, ServiceSettings
+from shared.crypto import PersonalDataSettings
+from shared.settings import DEVELOPMENT_SECRET_PREFIX
 
 
-class IntakeSettings(ServiceSettings):
+class IntakeSettings(PersonalDataSettings):
     """Intake's settings (VROEG_*)."""
 
     service_name: ClassVar[str] = "intake"
@@ -22,3 +23,20 @@ class IntakeSettings(ServiceSettings):
     )
     token_lifetime_s: int = Field(900, description="Lifetime of a partner access token.")
     token_issuer: str = Field("vroeg-intake", description="`iss` of partner access tokens.")
+
+    delivery_chunk_size: int = Field(1000, description="Signals of a delivery per transaction.")
+    delivery_max_lines: int = Field(100_000, description="Most signals in one delivery.")
+    delivery_lease_s: float = Field(
+        60, description="A worker's hold on a delivery; another replica takes over after it."
+    )
+    delivery_poll_interval_s: float = Field(
+        1.0, description="How often a worker looks for deliveries other replicas received."
+    )
+    max_signal_bytes: int = Field(64 * 1024, description="Largest body of POST /api/v1/signalen.")
+    max_delivery_bytes: int = Field(
+        64 * 1024 * 1024, description="Largest body of POST /api/v1/leveringen."
+    )
+    rate_limit_per_s: float = Field(
+        200, description="Requests per second per partner (per replica) before 429."
+    )
+    rate_limit_burst: int = Field(400, description="Requests a partner may send in one burst.")

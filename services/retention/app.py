@@ -5,7 +5,13 @@ from fastapi import FastAPI
 from services.retention.handlers import on_lifecycle_event
 from services.retention.models import messaging
 from services.retention.settings import RetentionSettings
-from shared.events import MATCH_CREATED, MATCH_UPDATED, OUTREACH_DUE, SIGNAL_RECEIVED
+from shared.events import (
+    MATCH_CREATED,
+    MATCH_UPDATED,
+    OUTREACH_DUE,
+    SIGNAL_BLOCKED,
+    SIGNAL_RECEIVED,
+)
 from shared.messaging import Subscription
 from shared.service import create_service_app, serve
 
@@ -17,7 +23,13 @@ def create_app(settings: RetentionSettings | None = None) -> FastAPI:
         tables=messaging,
         subscriptions=[
             Subscription(topic, on_lifecycle_event)
-            for topic in (SIGNAL_RECEIVED, MATCH_CREATED, MATCH_UPDATED, OUTREACH_DUE)
+            for topic in (
+                SIGNAL_RECEIVED,
+                SIGNAL_BLOCKED,
+                MATCH_CREATED,
+                MATCH_UPDATED,
+                OUTREACH_DUE,
+            )
         ],
         title="Vroegsignalering – archief",
         description="Bewaart de levensloop van elk archiefstuk voor vernietiging volgens de selectielijst.",

@@ -8,22 +8,20 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.retention.models import ArchiveRecord
-from shared.events import MatchCreated, MatchUpdated, OutreachDue, SignalReceived
+from shared.events import MatchCreated, MatchUpdated, OutreachDue, SignalBlocked, SignalReceived
+
+LifecycleEvent = SignalReceived | SignalBlocked | MatchCreated | MatchUpdated | OutreachDue
 
 
-def _record(
-    event: SignalReceived | MatchCreated | MatchUpdated | OutreachDue,
-) -> tuple[uuid.UUID, str]:
-    if isinstance(event, SignalReceived):
+def _record(event: LifecycleEvent) -> tuple[uuid.UUID, str]:
+    if isinstance(event, SignalReceived | SignalBlocked):
         return event.signal_id, "signaal"
     if isinstance(event, OutreachDue):
         return event.case_id, "zaak"
     return event.match_id, "match"
 
 
-async def on_lifecycle_event(
-    session: AsyncSession, event: SignalReceived | MatchCreated | MatchUpdated | OutreachDue
-) -> None:
+async def on_lifecycle_event(session: AsyncSession, event: LifecycleEvent) -> None:
     """Index the record the event is about; keep its first and latest moments."""
     record_id, soort = _record(event)
     statement = pg_insert(ArchiveRecord).values(

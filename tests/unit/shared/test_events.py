@@ -44,6 +44,8 @@ def signal() -> SignalReceived:
         signaaldatum=dt.date(2026, 11, 2),
         achterstand_bedrag=Decimal("734.50"),
         ontvangen_op=dt.datetime(2026, 11, 2, 10, tzinfo=dt.UTC),
+        subject_id=uuid.uuid4(),
+        persoonsgegevens="v1.c2VhbGVk",
     )
 
 
@@ -77,11 +79,15 @@ def test_unknown_fields_and_bad_municipality_codes_are_refused() -> None:
         decode_event(encode_event(signal())[:-1] + b',"extra":1}')
 
 
-def test_no_event_carries_a_field_for_readable_personal_data() -> None:
+def test_no_event_carries_readable_personal_data() -> None:
+    """Personal data travels only sealed (the one field persoonsgegevens, shared.crypto)."""
     for topic in TOPICS:
         for event_type in topic.events:
-            names = " ".join(event_type.model_json_schema()["properties"]).lower()
+            properties = event_type.model_json_schema()["properties"]
+            names = " ".join(name for name in properties if name != "persoonsgegevens").lower()
             assert not [word for word in PERSONAL_FIELD_WORDS if word in names], event_type
+            if "persoonsgegevens" in properties:
+                assert properties["persoonsgegevens"]["pattern"].startswith("^v1")
 
 
 def test_topic_names_are_unique_and_include_the_agreed_four() -> None:

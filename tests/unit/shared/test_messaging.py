@@ -37,7 +37,7 @@ def test_failure_reason_names_the_rule_but_never_the_data() -> None:
 def test_production_refuses_development_and_placeholder_secrets() -> None:
     with pytest.raises(ValidationError, match="development secret"):
         IntakeSettings(environment="production", _env_file=None)
-    real = {"household_key_secret": "k" * 40, "token_signing_key": "t" * 40}
+    real = {"household_key_secret": "k" * 40, "token_signing_key": "t" * 40, "master_key": "m" * 44}
     for placeholder in ("REPLACE_ME", "too-short", "x" * 40 + "changethis"):
         with pytest.raises(ValidationError, match="placeholder or is too short"):
             IntakeSettings(

@@ -1,0 +1,43 @@
+import uuid
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from shared.crypto import (
+    TamperedCiphertext,
+    master_key_from_text,
+    open_with,
+    seal_with,
+    subject_id,
+    subject_of,
+)
+
+
+def test_sealed_data_opens_only_with_its_key_subject_and_context() -> None:
+    key, subject = AESGCM.generate_key(256), uuid.uuid4()
+    sealed = seal_with(key, subject, b'{"achternaam": "Berg"}', "signaal.persoonsgegevens")
+    assert "Berg" not in sealed
+    assert subject_of(sealed) == subject
+    assert open_with(key, sealed, "signaal.persoonsgegevens") == b'{"achternaam": "Berg"}'
+    with pytest.raises(TamperedCiphertext):
+        open_with(key, sealed, "another.field")
+    with pytest.raises(TamperedCiphertext):
+        open_with(AESGCM.generate_key(256), sealed, "signaal.persoonsgegevens")
+
+
+def test_the_same_plaintext_seals_differently_each_time() -> None:
+    key, subject = AESGCM.generate_key(256), uuid.uuid4()
+    assert seal_with(key, subject, b"x", "c") != seal_with(key, subject, b"x", "c")
+
+
+def test_subject_ids_are_stable_pseudonyms() -> None:
+    assert subject_id("s", "bsn|999990019") == subject_id("s", "bsn|999990019")
+    assert subject_id("s", "bsn|999990019") != subject_id("other", "bsn|999990019")
+
+
+def test_master_key_is_256_bits_in_either_form() -> None:
+    import base64
+
+    raw = bytes(range(32))
+    assert master_key_from_text(base64.b64encode(raw).decode()) == raw
+    assert len(master_key_from_text("development-only-master-key")) == 32
