@@ -6,9 +6,11 @@ owns it). Personal data is sealed with the person's data key wherever it goes: i
 tables and every event payload field that holds it. Destroying the person's key makes
 every copy unreadable at once, the Kafka log included (ADR 0004).
 
-Sealed text: ``v1.`` + base64url(subject id (16) | nonce (12) | AES-256-GCM ciphertext),
-with the subject id and a context label bound as associated data, so a ciphertext cannot
-be moved to another person or another field unnoticed.
+Sealed text: ``v1.`` + base64url(subject id (16) | key id (8) | nonce (12) | AES-256-GCM
+ciphertext), with subject, key id and a context label bound as associated data, so a
+ciphertext cannot be moved to another person or another field unnoticed. A person whose
+key was destroyed and who later has new data gets a new key with a new key id, so what
+was sealed before stays unreadable and says so (KeyDestroyed).
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ import os
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import Field, SecretStr
-from sqlalchemy import Column, DateTime, LargeBinary, MetaData, Table, func, select, update
+from sqlalchemy import Column, DateTime, LargeBinary, MetaData, Table, case, func, select, update
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -35,12 +38,14 @@ from shared.settings import DEVELOPMENT_SECRET_PREFIX, ServiceSettings
 
 PREFIX = "v1."
 _NONCE = 12
+_KEY_ID = 8
 
 metadata: MetaData = new_metadata()
 person_keys = Table(
     "person_keys",
     metadata,
     Column("subject_id", PgUUID(as_uuid=True), primary_key=True),
+    Column("key_id", LargeBinary(8), nullable=False),
     Column("wrapped_key", LargeBinary, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("destroyed_at", DateTime(timezone=True), nullable=True),
@@ -72,32 +77,48 @@ def subject_id(pseudonym_secret: str, identity: str) -> uuid.UUID:
     return uuid.UUID(bytes=digest.digest()[:16])
 
 
-def _aad(subject: uuid.UUID, context: str) -> bytes:
-    return subject.bytes + context.encode()
+@dataclass(frozen=True)
+class DataKey:
+    key_id: bytes
+    key: bytes
 
 
-def seal_with(data_key: bytes, subject: uuid.UUID, plaintext: bytes, context: str) -> str:
+def _aad(subject: uuid.UUID, key_id: bytes, context: str) -> bytes:
+    return subject.bytes + key_id + context.encode()
+
+
+def seal_with(data_key: DataKey, subject: uuid.UUID, plaintext: bytes, context: str) -> str:
     nonce = os.urandom(_NONCE)
-    ciphertext = AESGCM(data_key).encrypt(nonce, plaintext, _aad(subject, context))
-    return PREFIX + base64.urlsafe_b64encode(subject.bytes + nonce + ciphertext).decode()
+    ciphertext = AESGCM(data_key.key).encrypt(
+        nonce, plaintext, _aad(subject, data_key.key_id, context)
+    )
+    raw = subject.bytes + data_key.key_id + nonce + ciphertext
+    return PREFIX + base64.urlsafe_b64encode(raw).decode()
 
 
-def subject_of(sealed: str) -> uuid.UUID:
+def _parts(sealed: str) -> tuple[uuid.UUID, bytes, bytes, bytes]:
     if not sealed.startswith(PREFIX):
         raise TamperedCiphertext("not a sealed value")
     raw = base64.urlsafe_b64decode(sealed[len(PREFIX) :])
-    return uuid.UUID(bytes=raw[:16])
-
-
-def open_with(data_key: bytes, sealed: str, context: str) -> bytes:
-    raw = base64.urlsafe_b64decode(sealed[len(PREFIX) :])
-    subject, nonce, ciphertext = (
+    key_end = 16 + _KEY_ID
+    return (
         uuid.UUID(bytes=raw[:16]),
-        raw[16 : 16 + _NONCE],
-        raw[16 + _NONCE :],
+        raw[16:key_end],
+        raw[key_end : key_end + _NONCE],
+        raw[key_end + _NONCE :],
     )
+
+
+def subject_of(sealed: str) -> uuid.UUID:
+    return _parts(sealed)[0]
+
+
+def open_with(data_key: DataKey, sealed: str, context: str) -> bytes:
+    subject, key_id, nonce, ciphertext = _parts(sealed)
+    if key_id != data_key.key_id:
+        raise KeyDestroyed(str(subject))  # sealed under an earlier key, destroyed since
     try:
-        return AESGCM(data_key).decrypt(nonce, ciphertext, _aad(subject, context))
+        return AESGCM(data_key.key).decrypt(nonce, ciphertext, _aad(subject, key_id, context))
     except InvalidTag:
         raise TamperedCiphertext("sealed value does not match its subject or context") from None
 
@@ -133,7 +154,7 @@ class Vault:
     ) -> None:
         self._engine = engine
         self._master = AESGCM(master_key)
-        self._cache: dict[uuid.UUID, tuple[bytes, float]] = {}
+        self._cache: dict[uuid.UUID, tuple[DataKey, float]] = {}
         self._cache_ttl_s = cache_ttl_s
 
     def _wrap(self, subject: uuid.UUID, data_key: bytes) -> bytes:
@@ -143,42 +164,51 @@ class Vault:
     def _unwrap(self, subject: uuid.UUID, wrapped: bytes) -> bytes:
         return self._master.decrypt(wrapped[:_NONCE], wrapped[_NONCE:], b"wrap|" + subject.bytes)
 
-    def _cached(self, subject: uuid.UUID) -> bytes | None:
+    def _cached(self, subject: uuid.UUID) -> DataKey | None:
         hit = self._cache.get(subject)
         if hit is None or hit[1] < time.monotonic():
             return None
         return hit[0]
 
-    def _remember(self, subject: uuid.UUID, data_key: bytes) -> None:
+    def _remember(self, subject: uuid.UUID, data_key: DataKey) -> None:
         if len(self._cache) > 100_000:
             self._cache.clear()
         self._cache[subject] = (data_key, time.monotonic() + self._cache_ttl_s)
 
-    async def data_keys(self, subjects: Iterable[uuid.UUID]) -> dict[uuid.UUID, bytes]:
+    async def data_keys(self, subjects: Iterable[uuid.UUID]) -> dict[uuid.UUID, DataKey]:
         """Each subject's data key, created where a subject has none (or had it destroyed)."""
         wanted = set(subjects)
         keys = {s: k for s in wanted if (k := self._cached(s)) is not None}
         missing = sorted(wanted - set(keys))
         if missing:
             fresh = [
-                {"subject_id": s, "wrapped_key": self._wrap(s, AESGCM.generate_key(256))}
+                {
+                    "subject_id": s,
+                    "key_id": os.urandom(_KEY_ID),
+                    "wrapped_key": self._wrap(s, AESGCM.generate_key(256)),
+                }
                 for s in missing
             ]
             proposed = pg_insert(person_keys).values(fresh)
             upsert = proposed.on_conflict_do_update(
                 index_elements=["subject_id"],
-                # A destroyed key is never revived: new data gets a new key.
+                # A live key is kept; a destroyed one is never revived: new data gets a
+                # new key under a new key id.
                 set_={
+                    "key_id": case(
+                        (person_keys.c.wrapped_key.is_(None), proposed.excluded.key_id),
+                        else_=person_keys.c.key_id,
+                    ),
                     "wrapped_key": func.coalesce(
                         person_keys.c.wrapped_key, proposed.excluded.wrapped_key
                     ),
                     "destroyed_at": None,
                 },
-            ).returning(person_keys.c.subject_id, person_keys.c.wrapped_key)
+            ).returning(person_keys.c.subject_id, person_keys.c.key_id, person_keys.c.wrapped_key)
             async with self._engine.begin() as conn:
                 rows = (await conn.execute(upsert)).all()
-            for subject, wrapped in rows:
-                keys[subject] = self._unwrap(subject, wrapped)
+            for subject, key_id, wrapped in rows:
+                keys[subject] = DataKey(key_id, self._unwrap(subject, wrapped))
                 self._remember(subject, keys[subject])
         return keys
 
@@ -198,12 +228,16 @@ class Vault:
         data_key = self._cached(subject)
         if data_key is None:
             async with self._engine.connect() as conn:
-                wrapped = await conn.scalar(
-                    select(person_keys.c.wrapped_key).where(person_keys.c.subject_id == subject)
-                )
-            if wrapped is None:
+                row = (
+                    await conn.execute(
+                        select(person_keys.c.key_id, person_keys.c.wrapped_key).where(
+                            person_keys.c.subject_id == subject
+                        )
+                    )
+                ).first()
+            if row is None or row.wrapped_key is None:
                 raise KeyDestroyed(str(subject))
-            data_key = self._unwrap(subject, wrapped)
+            data_key = DataKey(row.key_id, self._unwrap(subject, row.wrapped_key))
             self._remember(subject, data_key)
         return open_with(data_key, sealed, context)
 

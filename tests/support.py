@@ -12,10 +12,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
+from sqlalchemy import text
 
+from services.intake.handlers import import_addresses
+from services.intake.settings import IntakeSettings
+from shared.db import make_engine, make_session_factory
 from vroeg.demo import DemoHousehold, households, signal_body
 
 T = TypeVar("T")
@@ -68,7 +72,25 @@ def fresh_households(count: int, seed: int) -> list[DemoHousehold]:
                 }
             )
         )
+    register_addresses(unique)
     return unique
+
+
+def register_addresses(homes: list[DemoHousehold]) -> None:
+    """Put the households' addresses in the region's address table, as the CBS import would."""
+
+    async def load() -> None:
+        engine = make_engine(IntakeSettings().database_url, pool_size=1)
+        try:
+            async with make_session_factory(engine)() as session, session.begin():
+                await import_addresses(
+                    session,
+                    [(h.postcode.replace(" ", ""), h.huisnummer, h.gemeentecode) for h in homes],
+                )
+        finally:
+            await engine.dispose()
+
+    asyncio.run(load())
 
 
 def signal_for(
@@ -111,3 +133,25 @@ async def apoll(probe, timeout_s: float, what: str, interval_s: float = 0.1):  #
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
         await asyncio.sleep(interval_s)
+
+
+def service_scalar(database_url: str, sql: str, **params: object) -> Any:
+    """One value from a service's database (tests observe; services never do this)."""
+
+    async def read() -> Any:
+        engine = make_engine(database_url, pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                return (await conn.execute(text(sql), params)).scalar()
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
+
+
+def intake_scalar(sql: str, **params: object) -> Any:
+    return service_scalar(IntakeSettings().database_url, sql, **params)
+
+
+def bearer(client: httpx.Client, partner: dict[str, str]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(client, partner)}"}

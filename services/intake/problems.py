@@ -100,6 +100,10 @@ def params_from_validation(errors: Sequence[Any]) -> list[dict[str, str]]:
         rule = _PYDANTIC_RULES_NL.get(error["type"], "De waarde voldoet niet aan de regel.")
         if error["type"] == "value_error":
             rule = str(error.get("ctx", {}).get("error", rule))
+        elif error["type"] == "string_pattern_mismatch":
+            rule = f"De waarde heeft niet de juiste vorm (patroon {error['ctx']['pattern']})."
+        elif error["type"] in ("string_too_long", "too_long"):
+            rule = f"Te lang: hoogstens {error['ctx'].get('max_length')} tekens."
         params.append(
             {"name": _field_name(tuple(error["loc"])), "code": error["type"], "reason": rule}
         )

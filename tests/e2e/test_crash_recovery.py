@@ -38,7 +38,7 @@ async def test_kill_9_matching_mid_stream_loses_and_doubles_nothing(running_stac
         add_partner(f"Crashtest {soort} (test)", soort)
         for soort in ("Huur", "Water", "CAK Zorgverzekeringen", "Energie")
     ]
-    homes = fresh_households(HOUSEHOLDS, seed=21)
+    homes = await asyncio.to_thread(fresh_households, HOUSEHOLDS, 21)
     deliveries = []
     for index, home in enumerate(homes):
         creditors = 2 if index < TWO_CREDITOR_HOUSEHOLDS else 1

@@ -20,6 +20,7 @@ def upgrade() -> None:
     op.create_table(
         "person_keys",
         sa.Column("subject_id", sa.UUID(), nullable=False),
+        sa.Column("key_id", sa.LargeBinary(length=8), nullable=False),
         sa.Column("wrapped_key", sa.LargeBinary(), nullable=True),
         sa.Column(
             "created_at",

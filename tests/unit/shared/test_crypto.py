@@ -4,6 +4,8 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from shared.crypto import (
+    DataKey,
+    KeyDestroyed,
     TamperedCiphertext,
     master_key_from_text,
     open_with,
@@ -13,8 +15,14 @@ from shared.crypto import (
 )
 
 
+def new_key() -> DataKey:
+    import os
+
+    return DataKey(os.urandom(8), AESGCM.generate_key(256))
+
+
 def test_sealed_data_opens_only_with_its_key_subject_and_context() -> None:
-    key, subject = AESGCM.generate_key(256), uuid.uuid4()
+    key, subject = new_key(), uuid.uuid4()
     sealed = seal_with(key, subject, b'{"achternaam": "Berg"}', "signaal.persoonsgegevens")
     assert "Berg" not in sealed
     assert subject_of(sealed) == subject
@@ -22,11 +30,13 @@ def test_sealed_data_opens_only_with_its_key_subject_and_context() -> None:
     with pytest.raises(TamperedCiphertext):
         open_with(key, sealed, "another.field")
     with pytest.raises(TamperedCiphertext):
-        open_with(AESGCM.generate_key(256), sealed, "signaal.persoonsgegevens")
+        open_with(DataKey(key.key_id, AESGCM.generate_key(256)), sealed, "signaal.persoonsgegevens")
+    with pytest.raises(KeyDestroyed):  # a later key of the same person does not open it
+        open_with(new_key(), sealed, "signaal.persoonsgegevens")
 
 
 def test_the_same_plaintext_seals_differently_each_time() -> None:
-    key, subject = AESGCM.generate_key(256), uuid.uuid4()
+    key, subject = new_key(), uuid.uuid4()
     assert seal_with(key, subject, b"x", "c") != seal_with(key, subject, b"x", "c")
 
 

@@ -1,0 +1,172 @@
+"""Deliveries: a batch judged signal by signal, as JSON or CSV, with progress and receipts."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import add_partner, bearer, fresh_households, intake_scalar, poll, signal_for
+from vroeg.stack import Stack
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def partner() -> dict[str, str]:
+    return add_partner("Waterbedrijf Levering (test)", "Water")
+
+
+def finished(client: httpx.Client, location: str, headers: dict[str, str]) -> dict:
+    def status() -> dict | None:
+        body = client.get(location, headers=headers).json()
+        return body if body["status"] == "verwerkt" else None
+
+    return poll(status, 60, "the delivery to be processed")
+
+
+def flatten(signal: dict, prefix: str = "") -> dict[str, str]:
+    cells: dict[str, str] = {}
+    for key, value in signal.items():
+        if isinstance(value, dict):
+            cells.update(flatten(value, f"{prefix}{key}."))
+        else:
+            cells[f"{prefix}{key}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return cells
+
+
+def as_csv(signals: list[dict], delimiter: str) -> str:
+    rows = [flatten(s) for s in signals]
+    columns = sorted({c for row in rows for c in row})
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, delimiter=delimiter, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def test_a_json_delivery_accepts_the_good_and_names_what_is_wrong_with_the_rest(
+    running_stack: Stack, partner: dict[str, str]
+) -> None:
+    homes = fresh_households(1_203, seed=41)  # crosses the 1,000-signal chunk
+    signals = [signal_for(home, partner, f"JL-{i:05d}") for i, home in enumerate(homes)]
+    signals[7]["persoon"]["bsn"] = "123456789"
+    signals[1_100]["adres"]["huisnummer"] = 99_997  # outside the address table
+    signals[1_201] = {"partnerSignaalId": "JL-KAPOT", "onbekend": True}
+    signals[1_202] = dict(signals[5])  # the same partnerSignaalId twice: one signal
+    with httpx.Client(base_url=running_stack.url("intake"), timeout=60) as client:
+        headers = bearer(client, partner)
+        response = client.post("/api/v1/leveringen", json=signals, headers=headers)
+        assert response.status_code == 202, response.text
+        assert response.json()["aantal"] == 1_203
+        status = finished(client, response.headers["Location"], headers)
+    assert status["aantalVerwerkt"] == 1_203
+    assert status["aantalGeweigerd"] == 3
+    assert status["aantalDoorgestuurd"] == 1_200
+    lines = {line["regel"]: line for line in status["signalen"]}
+    assert len(lines) == 1_203
+    assert [e["name"] for e in lines[8]["fouten"]] == ["persoon.bsn"]
+    assert [e["name"] for e in lines[1_101]["fouten"]] == ["adres"]
+    assert {e["name"] for e in lines[1_202]["fouten"]} >= {"onbekend", "soort"}
+    assert lines[1_203]["ontvangstbevestiging"]["id"] == lines[6]["ontvangstbevestiging"]["id"]
+    assert (
+        intake_scalar("SELECT count(*) FROM signalen WHERE partner_signaal_id LIKE 'JL-%'")
+        == 1_199  # line 1,203 repeats line 6
+    )
+    assert (
+        intake_scalar(
+            "SELECT count(*) FROM leveringen WHERE inhoud IS NOT NULL AND status = 'verwerkt'"
+        )
+        == 0
+    )
+
+
+@pytest.mark.parametrize(("delimiter", "bom"), [(";", True), (",", False)])
+def test_a_csv_delivery_with_either_separator(
+    running_stack: Stack, partner: dict[str, str], delimiter: str, bom: bool
+) -> None:
+    homes = fresh_households(3, seed=42 if bom else 43)
+    signals = [
+        signal_for(home, partner, f"CSV-{'puntkomma' if bom else 'komma'}-{i}")
+        for i, home in enumerate(homes)
+    ]
+    body = ("\ufeff" if bom else "") + as_csv(signals, delimiter)
+    with httpx.Client(base_url=running_stack.url("intake"), timeout=60) as client:
+        headers = bearer(client, partner)
+        response = client.post(
+            "/api/v1/leveringen",
+            content=body.encode(),
+            headers={**headers, "Content-Type": "text/csv"},
+        )
+        assert response.status_code == 202, response.text
+        status = finished(client, response.headers["Location"], headers)
+    assert status["aantalDoorgestuurd"] == 3, [line["fouten"] for line in status["signalen"]]
+
+
+def test_an_unreadable_file_is_refused_as_a_whole(
+    running_stack: Stack, partner: dict[str, str]
+) -> None:
+    with httpx.Client(base_url=running_stack.url("intake")) as client:
+        headers = bearer(client, partner)
+        response = client.post(
+            "/api/v1/leveringen",
+            content=b"geen;kopregel\n1;2\n",
+            headers={**headers, "Content-Type": "text/csv"},
+        )
+    assert response.status_code == 400
+    assert response.json()["invalidParams"][0]["name"] == "body"
+
+
+def test_another_partners_delivery_is_not_found(
+    running_stack: Stack, partner: dict[str, str]
+) -> None:
+    other = add_partner("Nieuwsgierige Partner (test)", "Huur")
+    homes = fresh_households(1, seed=44)
+    with httpx.Client(base_url=running_stack.url("intake")) as client:
+        response = client.post(
+            "/api/v1/leveringen",
+            json=[signal_for(homes[0], partner, "OWN-1")],
+            headers=bearer(client, partner),
+        )
+        peek = client.get(response.headers["Location"], headers=bearer(client, other))
+    assert peek.status_code == 404
+
+
+def test_the_partner_side_upload_command(
+    running_stack: Stack, partner: dict[str, str], tmp_path: Path
+) -> None:
+    homes = fresh_households(4, seed=45)
+    signals = [signal_for(home, partner, f"LEVER-{i}") for i, home in enumerate(homes)]
+    signals[2]["achterstandBedrag"] = "-5"
+    path = tmp_path / "levering.csv"
+    path.write_text(as_csv(signals, ";"), encoding="utf-8")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vroeg.cli",
+            "lever",
+            str(path),
+            "--partner",
+            partner["client_id"],
+            "--url",
+            running_stack.url("intake"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "VROEG_CLIENT_SECRET": partner["client_secret"]},
+    )
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert (status["aantalDoorgestuurd"], status["aantalGeweigerd"]) == (3, 1)
+    assert status["signalen"][2]["fouten"][0]["name"] == "achterstandBedrag"
