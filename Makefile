@@ -30,6 +30,7 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.pipeline
+	$(BIN)/python -m bench.intake
 
 clean:
 	rm -rf $(VENV) .vroeg .pytest_cache .ruff_cache .mypy_cache

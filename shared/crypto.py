@@ -28,9 +28,8 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import Field, SecretStr
-from sqlalchemy import Column, DateTime, LargeBinary, MetaData, Table, case, func, select, update
+from sqlalchemy import Column, DateTime, LargeBinary, MetaData, Table, func, select, text, update
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db import new_metadata
@@ -49,6 +48,20 @@ person_keys = Table(
     Column("wrapped_key", LargeBinary, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("destroyed_at", DateTime(timezone=True), nullable=True),
+)
+
+
+# One statement for any number of subjects (column arrays joined with unnest). A live key
+# is kept; a destroyed one is never revived: new data gets a new key under a new key id.
+_UPSERT_KEYS = text(
+    "INSERT INTO person_keys (subject_id, key_id, wrapped_key) "
+    "SELECT * FROM unnest(CAST(:subjects AS uuid[]), CAST(:key_ids AS bytea[]), "
+    "CAST(:wrapped AS bytea[])) "
+    "ON CONFLICT (subject_id) DO UPDATE SET "
+    "key_id = CASE WHEN person_keys.wrapped_key IS NULL THEN EXCLUDED.key_id "
+    "ELSE person_keys.key_id END, "
+    "wrapped_key = COALESCE(person_keys.wrapped_key, EXCLUDED.wrapped_key), destroyed_at = NULL "
+    "RETURNING subject_id, key_id, wrapped_key"
 )
 
 
@@ -181,32 +194,17 @@ class Vault:
         keys = {s: k for s in wanted if (k := self._cached(s)) is not None}
         missing = sorted(wanted - set(keys))
         if missing:
-            fresh = [
-                {
-                    "subject_id": s,
-                    "key_id": os.urandom(_KEY_ID),
-                    "wrapped_key": self._wrap(s, AESGCM.generate_key(256)),
-                }
-                for s in missing
-            ]
-            proposed = pg_insert(person_keys).values(fresh)
-            upsert = proposed.on_conflict_do_update(
-                index_elements=["subject_id"],
-                # A live key is kept; a destroyed one is never revived: new data gets a
-                # new key under a new key id.
-                set_={
-                    "key_id": case(
-                        (person_keys.c.wrapped_key.is_(None), proposed.excluded.key_id),
-                        else_=person_keys.c.key_id,
-                    ),
-                    "wrapped_key": func.coalesce(
-                        person_keys.c.wrapped_key, proposed.excluded.wrapped_key
-                    ),
-                    "destroyed_at": None,
-                },
-            ).returning(person_keys.c.subject_id, person_keys.c.key_id, person_keys.c.wrapped_key)
-            async with self._engine.begin() as conn:
-                rows = (await conn.execute(upsert)).all()
+            key_ids = [os.urandom(_KEY_ID) for _ in missing]
+            wrapped_keys = [self._wrap(s, AESGCM.generate_key(256)) for s in missing]
+            # One statement needs no transaction around it: autocommit saves two round trips.
+            async with self._engine.connect() as raw:
+                conn = await raw.execution_options(isolation_level="AUTOCOMMIT")
+                rows = (
+                    await conn.execute(
+                        _UPSERT_KEYS,
+                        {"subjects": missing, "key_ids": key_ids, "wrapped": wrapped_keys},
+                    )
+                ).all()
             for subject, key_id, wrapped in rows:
                 keys[subject] = DataKey(key_id, self._unwrap(subject, wrapped))
                 self._remember(subject, keys[subject])

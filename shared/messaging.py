@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
@@ -67,6 +68,19 @@ def make_broker(settings: ServiceSettings) -> KafkaBroker:
         client_id=f"vroeg-{settings.service_name}",
         linger_ms=5,
         logger=None,
+    )
+
+
+def make_producer(settings: ServiceSettings) -> AIOKafkaProducer:
+    """The outbox relay's producer: acks=all, idempotence as the broker allows, a short
+    linger so that a round's records travel in few requests."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=settings.kafka_idempotence,
+        client_id=f"vroeg-{settings.service_name}-relay",
+        linger_ms=5,
+        max_batch_size=256 * 1024,
     )
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import structlog
 import uvicorn
+from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from faststream.kafka import KafkaBroker
@@ -22,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import telemetry
 from shared.db import make_engine, make_session_factory
-from shared.messaging import BatchConsumer, Subscription, make_broker
+from shared.messaging import BatchConsumer, Subscription, make_broker, make_producer
 from shared.outbox import MessagingTables, Outbox
 from shared.settings import ServiceSettings
 
@@ -38,6 +39,7 @@ class Runtime:
     session_factory: async_sessionmaker
     broker: KafkaBroker
     outbox: Outbox
+    producer: AIOKafkaProducer | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
 
     @classmethod
@@ -82,11 +84,13 @@ def create_service_app(
         if on_startup is not None:
             await on_startup(app)
         await runtime.broker.start()
+        runtime.producer = make_producer(settings)  # aiokafka wants the running loop
+        await runtime.producer.start()
         runtime.tasks.append(
             asyncio.create_task(
                 runtime.outbox.run_relay(
                     runtime.session_factory,
-                    runtime.broker,
+                    runtime.producer,
                     batch_size=settings.outbox_batch_size,
                     poll_interval_s=settings.outbox_poll_interval_s,
                     linger_s=settings.outbox_linger_s,
@@ -103,6 +107,8 @@ def create_service_app(
             await asyncio.gather(*runtime.tasks, return_exceptions=True)
             if on_shutdown is not None:
                 await on_shutdown(app)
+            if runtime.producer is not None:
+                await runtime.producer.stop()
             await runtime.broker.stop()
             await runtime.engine.dispose()
             log.info("service stopped")
@@ -191,4 +197,5 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=30,  # longer than clients keep idle connections (httpx: 5 s)
     )

@@ -90,7 +90,9 @@ class ServiceSettings(BaseSettings):
         0.25, description="Relay poll interval; commits in this process wake it at once."
     )
     outbox_linger_s: float = Field(
-        0.005, description="How long the relay waits after a wake-up to publish more in one round."
+        0.005,
+        description="How long the relay waits after a wake-up so that commits arriving together "
+        "are published in one round.",
     )
 
     @property

@@ -176,14 +176,16 @@ async def _register(known: list[dict]) -> list[dict]:
         await engine.dispose()
 
 
+EXAMPLE_ADDRESS = ("9411AB", 12, "GM1731")
+
+
 def load_demo_addresses(path: Path, homes: list[DemoHousehold]) -> int:
     """Write the demo households' addresses as a CBS-style file and import it the way an
     operator imports the real one (`vroeg adressen import`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        cbs_csv((h.postcode.replace(" ", ""), h.huisnummer, h.gemeentecode) for h in homes),
-        encoding="utf-8",
-    )
+    rows = [(h.postcode.replace(" ", ""), h.huisnummer, h.gemeentecode) for h in homes]
+    rows.append(EXAMPLE_ADDRESS)  # the address of docs/examples/signaal.json
+    path.write_text(cbs_csv(rows), encoding="utf-8")
     with path.open(encoding="utf-8", newline="") as handle:
         rows = list(read_cbs_rows(handle, DRENTHE))
     return asyncio.run(_import(rows))

@@ -143,7 +143,6 @@ async def deliver_signal(
 ) -> Receipt:
     runtime = request.app.state.runtime
     async with runtime.session_factory() as session, session.begin():
-        await confirm_active(session, partner)
         [outcome] = await handlers.accept_signals(
             session,
             request.app.state.vault,
@@ -153,6 +152,7 @@ async def deliver_signal(
             region=request.app.state.municipalities,
             household_secret=runtime.settings.household_key_secret.get_secret_value(),
             now=utc_now(),
+            require_active_partner=True,
         )
     if isinstance(outcome, handlers.Refused):
         raise invalid_input(
@@ -171,6 +171,7 @@ async def deliver_signal(
     response_model=Receipt,
     tags=["signalen"],
     summary="De ontvangstbevestiging van een eigen signaal",
+    description="Alleen signalen die u zelf leverde; die van andere partners bestaan voor u niet (404).",
     responses={401: _REFUSALS[401], 404: _PROBLEM, 429: _REFUSALS[429]},
 )
 async def get_receipt(request: Request, signaal_id: uuid.UUID, partner: LimitedPartner) -> Receipt:
@@ -254,6 +255,8 @@ async def deliver_batch(
     response_model=DeliveryStatus,
     tags=["leveringen"],
     summary="Voortgang van een levering, met per signaal de ontvangstbevestiging of de fouten",
+    description="Per regel van de levering: de ontvangstbevestiging, of elk fout veld met de regel. "
+    "Vraag opnieuw op tot status 'verwerkt' is.",
     responses={401: _REFUSALS[401], 404: _PROBLEM, 429: _REFUSALS[429]},
 )
 async def delivery_status(

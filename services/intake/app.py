@@ -4,13 +4,15 @@ consumer and the outbox relay."""
 import asyncio
 from functools import partial
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 
 from services.intake import handlers, problems
 from services.intake.api import router
+from services.intake.auth import UNAUTHORIZED
 from services.intake.deliveries import DeliveryWorker
 from services.intake.gateway import AuditPartnerCalls, AuditTrail, RateLimiter, RequestGuard
 from services.intake.models import messaging
+from services.intake.openapi import partner_openapi
 from services.intake.settings import IntakeSettings
 from shared.crypto import make_vault
 from shared.db import make_engine
@@ -63,6 +65,19 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
         on_shutdown=stop,
     )
     problems.install(app)
+
+    @app.exception_handler(handlers.PartnerDisabled)
+    async def on_disabled(request: Request, exc: handlers.PartnerDisabled) -> Response:
+        return UNAUTHORIZED.response(request.url.path)
+
+    document: dict = {}
+
+    def openapi() -> dict:
+        if not document:
+            document.update(partner_openapi(app, public_url=settings.public_url))
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(AuditPartnerCalls, trail_of=lambda: getattr(app.state, "audit_trail", None))
     app.add_middleware(
         RequestGuard,

@@ -21,8 +21,7 @@ from typing import Any
 
 import structlog
 from pydantic import ValidationError
-from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.intake import handlers
@@ -39,6 +38,14 @@ log = structlog.get_logger(__name__)
 
 RECEIVED, PROCESSING, PROCESSED = "ontvangen", "in-verwerking", "verwerkt"
 DELIVERY_CONTEXT = "levering.inhoud"
+
+
+_INSERT_LINES = text(
+    "INSERT INTO levering_regels (levering_id, regel, partner_signaal_id, signal_id, status, "
+    "fouten) SELECT * FROM unnest(CAST(:levering AS uuid[]), CAST(:regel AS int[]), "
+    "CAST(:ref AS text[]), CAST(:signal AS uuid[]), CAST(:status AS text[]), "
+    "CAST(CAST(:fouten AS text[]) AS json[])) ON CONFLICT DO NOTHING"
+)
 
 
 class UnreadableDelivery(ValueError):
@@ -272,7 +279,17 @@ class DeliveryWorker:
                 for number, errors in refused.items()
             )
             if rows:
-                await session.execute(pg_insert(DeliveryLine).values(rows).on_conflict_do_nothing())
+                await session.execute(
+                    _INSERT_LINES,
+                    {
+                        "levering": [r["levering_id"] for r in rows],
+                        "regel": [r["regel"] for r in rows],
+                        "ref": [r["partner_signaal_id"] for r in rows],
+                        "signal": [r["signal_id"] for r in rows],
+                        "status": [r["status"] for r in rows],
+                        "fouten": [json.dumps(r["fouten"]) if r["fouten"] else None for r in rows],
+                    },
+                )
             await session.execute(
                 update(Delivery)
                 .where(Delivery.id == delivery_id)

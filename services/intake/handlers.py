@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -85,34 +85,54 @@ def _compact_postcode(postcode: str) -> str:
     return postcode.replace(" ", "").upper()
 
 
-async def _municipalities_of(
-    session: AsyncSession, signals: Sequence[SignalIn]
-) -> dict[tuple[str, int], str]:
-    pairs = sorted({(_compact_postcode(s.adres.postcode), s.adres.huisnummer) for s in signals})
-    found: dict[tuple[str, int], str] = {}
-    for start in range(0, len(pairs), 1000):
-        chunk = pairs[start : start + 1000]
-        rows = await session.execute(
-            select(Address.postcode, Address.huisnummer, Address.gemeentecode).where(
-                tuple_(Address.postcode, Address.huisnummer).in_(chunk)
-            )
-        )
-        found.update({(row.postcode, row.huisnummer): row.gemeentecode for row in rows})
-    return found
+class PartnerDisabled(Exception):
+    """The partner was disabled after its token was issued."""
 
 
-async def _blacklisted(session: AsyncSession, keys: set[str], today: dt.date) -> set[str]:
-    if not keys:
-        return set()
-    rows = await session.scalars(
-        select(BlacklistEntry.household_key).where(
-            BlacklistEntry.household_key.in_(keys),
-            BlacklistEntry.verwijderd_op.is_(None),
-            BlacklistEntry.begin <= today,
-            BlacklistEntry.einde >= today,
+# Where each address lies and whether its household is on the blacklist today, and (for
+# the HTTP path) whether the partner may still deliver: one statement, one round trip.
+_DOOR_CONTEXT = text(
+    "SELECT q.postcode, q.huisnummer, q.household_key, a.gemeentecode, "
+    "EXISTS (SELECT 1 FROM uitsluitingen u WHERE u.household_key = q.household_key "
+    "AND u.verwijderd_op IS NULL AND u.begin <= :today AND u.einde >= :today) AS uitgesloten, "
+    "(SELECT p.actief FROM partners p WHERE p.id = :partner) AS partner_actief "
+    "FROM unnest(CAST(:postcodes AS text[]), CAST(:numbers AS int[]), CAST(:keys AS text[])) "
+    "AS q(postcode, huisnummer, household_key) "
+    "LEFT JOIN adressen a ON a.postcode = q.postcode AND a.huisnummer = q.huisnummer"
+)
+
+
+@dataclass(frozen=True)
+class DoorContext:
+    municipalities: dict[tuple[str, int], str]
+    blacklisted: set[str]
+    partner_active: bool
+
+
+async def _door_context(
+    session: AsyncSession,
+    partner_id: uuid.UUID,
+    addresses: Sequence[tuple[str, int]],
+    keys: Sequence[str],
+    today: dt.date,
+) -> DoorContext:
+    rows = (
+        await session.execute(
+            _DOOR_CONTEXT,
+            {
+                "postcodes": [p for p, _ in addresses],
+                "numbers": [n for _, n in addresses],
+                "keys": list(keys),
+                "today": today,
+                "partner": partner_id,
+            },
         )
+    ).all()
+    return DoorContext(
+        municipalities={(r.postcode, r.huisnummer): r.gemeentecode for r in rows if r.gemeentecode},
+        blacklisted={r.household_key for r in rows if r.uitgesloten},
+        partner_active=bool(rows and rows[0].partner_actief),
     )
-    return set(rows)
 
 
 async def _last_blocked_arrears(
@@ -144,19 +164,25 @@ async def accept_signals(
     household_secret: str,
     now: dt.datetime,
     levering_id: uuid.UUID | None = None,
+    require_active_partner: bool = False,
 ) -> list[Outcome]:
     """Judge each signal on its own; store and stage events for the good ones, in the
     caller's transaction. One set of statements for the whole list, so a delivery of
-    10,000 signals costs a handful of round trips per thousand."""
+    10,000 signals costs a handful of round trips per thousand. With
+    `require_active_partner`, raises PartnerDisabled if the partner was disabled."""
     today = now.date()
     outcomes: list[Outcome | None] = [None] * len(signals)
-    municipalities = await _municipalities_of(session, signals)
     keys = [household_key(dwelling(s), household_secret) for s in signals]
+    addresses = [(_compact_postcode(s.adres.postcode), s.adres.huisnummer) for s in signals]
+    context = await _door_context(session, partner.id, addresses, keys, today)
+    if require_active_partner and not context.partner_active:
+        raise PartnerDisabled
     routed: dict[int, str] = {}
     for index, signal_in in enumerate(signals):
         violations = domain.check_signal(signal_in, today)
-        address = (_compact_postcode(signal_in.adres.postcode), signal_in.adres.huisnummer)
-        municipality = domain.route(signal_in.gemeentecode, municipalities.get(address), region)
+        municipality = domain.route(
+            signal_in.gemeentecode, context.municipalities.get(addresses[index]), region
+        )
         if isinstance(municipality, Violation):
             violations.append(municipality)
         else:
@@ -164,7 +190,7 @@ async def accept_signals(
         if violations:
             outcomes[index] = Refused(violations)
     candidates = [i for i in range(len(signals)) if outcomes[i] is None]
-    blacklisted = await _blacklisted(session, {keys[i] for i in candidates}, today)
+    blacklisted = {keys[i] for i in candidates} & context.blacklisted
     last_blocked = await _last_blocked_arrears(session, partner.id, blacklisted)
     subjects = [
         subject_id(household_secret, domain.person_identity(signals[i].persoon, keys[i]))
@@ -207,14 +233,8 @@ async def accept_signals(
             }
         )
     created_ids: set[uuid.UUID] = set()
-    for start in range(0, len(rows), 1000):
-        result = await session.execute(
-            pg_insert(Signal)
-            .values(rows[start : start + 1000])
-            .on_conflict_do_nothing(index_elements=["partner_id", "partner_signaal_id"])
-            .returning(Signal.id)
-        )
-        created_ids.update(result.scalars())
+    if rows:
+        created_ids.update(await _insert_signals(session, rows))
     earlier = await _existing(
         session, partner.id, [r["partner_signaal_id"] for r in rows if r["id"] not in created_ids]
     )
@@ -228,6 +248,41 @@ async def accept_signals(
             outcomes[i] = Accepted(receipt_of(earlier[row["partner_signaal_id"]]), created=False)
     await outbox.stage_many(session, events)
     return [outcome for outcome in outcomes if outcome is not None]
+
+
+_SIGNAL_COLUMNS = {
+    "id": "uuid",
+    "partner_id": "uuid",
+    "partner_signaal_id": "text",
+    "gemeentecode": "text",
+    "household_key": "text",
+    "soort": "text",
+    "energiesoort": "text",
+    "signaaldatum": "date",
+    "ontstaansdatum": "date",
+    "achterstand_bedrag": "numeric",
+    "aantal_termijnen": "int",
+    "crisissignaal": "bool",
+    "warme_overdracht": "bool",
+    "subject_id": "uuid",
+    "persoonsgegevens": "text",
+    "status": "text",
+    "reden": "text",
+    "ontvangen_op": "timestamptz",
+    "levering_id": "uuid",
+}
+_INSERT_SIGNALS = text(
+    f"INSERT INTO signalen ({', '.join(_SIGNAL_COLUMNS)}) "
+    f"SELECT * FROM unnest({', '.join(f'CAST(:{c} AS {t}[])' for c, t in _SIGNAL_COLUMNS.items())}) "
+    "ON CONFLICT (partner_id, partner_signaal_id) DO NOTHING RETURNING id"
+)
+
+
+async def _insert_signals(session: AsyncSession, rows: list[dict[str, Any]]) -> set[uuid.UUID]:
+    """Insert rows as column arrays in one statement; the ids that were new (a repeated
+    partnerSignaalId, from before or within the list, inserts nothing)."""
+    columns = {column: [row[column] for row in rows] for column in _SIGNAL_COLUMNS}
+    return set((await session.execute(_INSERT_SIGNALS, columns)).scalars())
 
 
 PERSONAL_FIELDS = {"persoon", "adres", "contact", "klantnummer"}

@@ -52,6 +52,7 @@ class Problem(Exception):
         detail: str,
         *,
         invalid_params: Sequence[dict[str, str]] = (),
+        errors: Sequence[dict[str, str]] = (),
         headers: dict[str, str] | None = None,
         type_: str = "about:blank",
     ) -> None:
@@ -60,6 +61,7 @@ class Problem(Exception):
         self.title = title
         self.detail = detail
         self.invalid_params = list(invalid_params)
+        self.errors = list(errors)
         self.headers = headers or {}
         self.type = type_
 
@@ -73,24 +75,34 @@ class Problem(Exception):
         }
         if self.invalid_params:
             body["invalidParams"] = self.invalid_params
+            body["errors"] = self.errors
         return JSONResponse(
             body, status_code=self.status, headers=self.headers, media_type=PROBLEM_JSON
         )
 
 
-def invalid_input(params: list[dict[str, str]]) -> Problem:
+def invalid_input(params: list[dict[str, str]], where: str = "body") -> Problem:
     summary = "; ".join(f"{p['name']}: {p['reason']}" for p in params[:20])
     return Problem(
         400,
         "Ongeldige invoer",
-        f"Het signaal is niet aangenomen. {summary}",
+        f"Het verzoek is niet aangenomen. {summary}",
         invalid_params=params,
-        type_="https://vroeg.example/problemen/ongeldige-invoer",
+        errors=[
+            {
+                "in": where,
+                "location": "#/" + p["name"].replace(".", "/"),
+                "code": p["code"],
+                "detail": p["reason"],
+            }
+            for p in params
+        ],
+        type_="https://vroegsignalering.example.nl/problemen/ongeldige-invoer",
     )
 
 
 def _field_name(loc: tuple[Any, ...]) -> str:
-    parts = [str(part) for part in loc if part not in ("body",)]
+    parts = [str(part) for part in loc if part not in ("body", "path", "query", "header")]
     return ".".join(parts) or "body"
 
 
@@ -117,7 +129,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return invalid_input(params_from_validation(exc.errors())).response(request.url.path)
+        errors = exc.errors()
+        where = str(errors[0]["loc"][0]) if errors and errors[0]["loc"] else "body"
+        where = where if where in ("body", "path", "query", "header") else "body"
+        return invalid_input(params_from_validation(errors), where).response(request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -51,101 +51,79 @@ class ApiModel(BaseModel):
 class CollectionProcess(ApiModel):
     """The four steps of the socially responsible collection process (Wgs MvT; convenant 2.1)."""
 
-    herinnering_verstuurd_op: dt.date
-    persoonlijk_contact_gezocht: bool
-    gewezen_op_schuldhulp: bool
-    aanbod_gegevens_doorgeven: bool
+    herinnering_verstuurd_op: dt.date = Field(examples=["2026-10-01"])
+    persoonlijk_contact_gezocht: bool = Field(examples=[True])
+    gewezen_op_schuldhulp: bool = Field(examples=[True])
+    aanbod_gegevens_doorgeven: bool = Field(examples=[True])
 
 
 class Person(ApiModel):
-    bsn: Bsn | None = None
-    voorletters: Annotated[str, StringConstraints(max_length=20)] | None = None
-    voorvoegsel: Annotated[str, StringConstraints(max_length=20)] | None = None
-    achternaam: Text
-    geboortedatum: dt.date | None = None
+    """The resident. The BSN is optional (health insurers have it, landlords do not)."""
+
+    bsn: Bsn | None = Field(None, examples=["999990019"])
+    voorletters: Annotated[str, StringConstraints(max_length=20)] | None = Field(
+        None, examples=["J."]
+    )
+    voorvoegsel: Annotated[str, StringConstraints(max_length=20)] | None = Field(
+        None, examples=["van der"]
+    )
+    achternaam: Text = Field(examples=["Berg"])
+    geboortedatum: dt.date | None = Field(None, examples=["1980-05-17"])
 
 
 class Address(ApiModel):
-    straatnaam: Text
-    huisnummer: int = Field(ge=1, le=99999)
-    huisletter: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]$")] | None = None
+    """The dwelling; postcode and house number route the signal to its municipality."""
+
+    straatnaam: Text = Field(examples=["Brinkstraat"])
+    huisnummer: int = Field(ge=1, le=99999, examples=[12])
+    huisletter: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]$")] | None = Field(
+        None, examples=["A"]
+    )
     huisnummertoevoeging: (
         Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]{1,4}$")] | None
-    ) = None
-    postcode: Postcode
-    woonplaats: Text
+    ) = Field(None, examples=["2"])
+    postcode: Postcode = Field(examples=["9411 AB"])
+    woonplaats: Text = Field(examples=["Beilen"])
 
 
 class Contact(ApiModel):
-    telefoonnummer: Annotated[str, StringConstraints(pattern=r"^\+?[0-9 \-]{8,20}$")] | None = None
+    telefoonnummer: Annotated[str, StringConstraints(pattern=r"^\+?[0-9 \-]{8,20}$")] | None = (
+        Field(None, examples=["0612345678"])
+    )
     email: (
         Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
         | None
-    ) = None
+    ) = Field(None, examples=["j.berg@example.nl"])
 
 
 class SignalIn(ApiModel):
-    """One signal as a partner delivers it."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "partnerSignaalId": "WS-2026-000123",
-                    "soort": "Energie",
-                    "energiesoort": "gas",
-                    "signaaldatum": "2026-11-02",
-                    "ontstaansdatum": "2026-09-01",
-                    "achterstandBedrag": "734.50",
-                    "aantalTermijnenAchterstand": 2,
-                    "klantnummer": "K-99812",
-                    "crisissignaal": False,
-                    "warmeOverdracht": False,
-                    "incassotraject": {
-                        "herinneringVerstuurdOp": "2026-10-01",
-                        "persoonlijkContactGezocht": True,
-                        "gewezenOpSchuldhulp": True,
-                        "aanbodGegevensDoorgeven": True,
-                    },
-                    "persoon": {
-                        "bsn": "999990019",
-                        "voorletters": "J.",
-                        "voorvoegsel": "van der",
-                        "achternaam": "Berg",
-                        "geboortedatum": "1980-05-17",
-                    },
-                    "adres": {
-                        "straatnaam": "Brinkstraat",
-                        "huisnummer": 12,
-                        "huisletter": "A",
-                        "huisnummertoevoeging": "2",
-                        "postcode": "9411 AB",
-                        "woonplaats": "Beilen",
-                    },
-                    "contact": {"telefoonnummer": "0612345678", "email": "j.berg@example.nl"},
-                    "gemeentecode": "GM1731",
-                }
-            ]
-        }
-    )
+    """One signal as a partner delivers it (a full example: docs/examples/signaal.json)."""
 
     partner_signaal_id: Annotated[
         str, StringConstraints(min_length=1, max_length=100, pattern=r"^[\w.\-/:]+$")
-    ]
-    soort: SignalKind
-    energiesoort: EnergyKind | None = None
-    signaaldatum: dt.date
-    ontstaansdatum: dt.date | None = None
-    achterstand_bedrag: Annotated[Decimal, Field(gt=0, max_digits=12, decimal_places=2)]
-    aantal_termijnen_achterstand: int | None = Field(None, ge=0, le=120)
-    klantnummer: Annotated[str, StringConstraints(max_length=50)] | None = None
-    crisissignaal: bool = False
-    warme_overdracht: bool = False
+    ] = Field(examples=["WS-2026-000123"], description="Your own id; unique per partner.")
+    soort: SignalKind = Field(examples=["Energie"])
+    energiesoort: EnergyKind | None = Field(
+        None, examples=["gas"], description="Required for soort Energie, refused otherwise."
+    )
+    signaaldatum: dt.date = Field(examples=["2026-11-02"])
+    ontstaansdatum: dt.date | None = Field(None, examples=["2026-09-01"])
+    achterstand_bedrag: Annotated[Decimal, Field(gt=0, max_digits=12, decimal_places=2)] = Field(
+        examples=["734.50"], description="Euros, at most two decimals, greater than zero."
+    )
+    aantal_termijnen_achterstand: int | None = Field(None, ge=0, le=120, examples=[2])
+    klantnummer: Annotated[str, StringConstraints(max_length=50)] | None = Field(
+        None, examples=["K-99812"]
+    )
+    crisissignaal: bool = Field(False, examples=[False])
+    warme_overdracht: bool = Field(False, examples=[False])
     incassotraject: CollectionProcess
     persoon: Person
     adres: Address
     contact: Contact | None = None
-    gemeentecode: GemeenteCode | None = None
+    gemeentecode: GemeenteCode | None = Field(
+        None, description="Optional: derived from the address; refused when it contradicts it."
+    )
 
     @model_validator(mode="after")
     def energy_kind_only_for_energy(self) -> SignalIn:

@@ -1,6 +1,8 @@
+from __future__ import annotations
+
 from typing import ClassVar
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from shared.crypto import PersonalDataSettings
 from shared.settings import DEVELOPMENT_SECRET_PREFIX
@@ -40,3 +42,14 @@ class IntakeSettings(PersonalDataSettings):
         200, description="Requests per second per partner (per replica) before 429."
     )
     rate_limit_burst: int = Field(400, description="Requests a partner may send in one burst.")
+    public_url: str = Field(
+        "http://127.0.0.1:8001",
+        description="Where partners reach this API (scheme and host); the OpenAPI document's "
+        "server. Must be https in production.",
+    )
+
+    @model_validator(mode="after")
+    def https_in_production(self) -> IntakeSettings:
+        if self.environment == "production" and not self.public_url.startswith("https://"):
+            raise ValueError("public_url must be an https URL in production")
+        return self

@@ -19,7 +19,7 @@ from services.feedback.models import messaging as tables
 from services.feedback.settings import FeedbackSettings
 from shared.db import make_engine, make_session_factory
 from shared.events import OutreachDue, Topic, encode_event
-from shared.messaging import BatchConsumer, Subscription, make_broker
+from shared.messaging import BatchConsumer, Subscription, make_broker, make_producer
 from shared.outbox import Outbox
 from tests.conftest import Infra
 from tests.support import apoll
@@ -68,9 +68,11 @@ class Harness:
         await admin.close()
         self.consumer.register(self.broker)
         await self.broker.start()
+        self.producer = make_producer(self.settings)
+        await self.producer.start()
         self.relay = asyncio.create_task(
             self.outbox.run_relay(
-                self.session_factory, self.broker, batch_size=100, poll_interval_s=0.05
+                self.session_factory, self.producer, batch_size=100, poll_interval_s=0.05
             )
         )
         return self
@@ -79,6 +81,7 @@ class Harness:
         self.relay.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.relay
+        await self.producer.stop()
         await self.broker.stop()
         await self.engine.dispose()
 

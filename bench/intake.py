@@ -1,0 +1,263 @@
+"""Intake benchmark: the partner gateway alone (broker + PostgreSQL + one intake process).
+
+    .venv/bin/python -m bench.intake [--clients 50] [--requests 3000] [--delivery 10000]
+
+Prints, measured in one run on this machine:
+- single-signal POST throughput and p50/p99 latency with N concurrent clients;
+- time to accept (202) and publish (all signal.received events in Kafka) a delivery of
+  10,000 signals;
+- the raw broker's produce rate (acks=all) for the same number of messages of the same
+  size, and the ratio.
+The load generator (Python, httpx) shares the machine's two cores with the server: the
+figures are a floor, not a ceiling. Downstream services are not started, so they do not
+compete for the cores either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import random
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from services.intake import handlers
+from services.intake.settings import IntakeSettings
+from services.registry import BY_NAME
+from shared.db import make_engine, make_session_factory
+from shared.events import SIGNAL_RECEIVED, utc_now
+from vroeg import stack
+from vroeg.demo import DemoHousehold, households, signal_body
+
+
+async def setup(homes: list[DemoHousehold]) -> dict[str, str]:
+    engine = make_engine(IntakeSettings().database_url, pool_size=1)
+    try:
+        async with make_session_factory(engine)() as session, session.begin():
+            await handlers.register_municipalities(session)
+            await handlers.import_addresses(
+                session,
+                [(h.postcode.replace(" ", ""), h.huisnummer, h.gemeentecode) for h in homes],
+            )
+            partner, secret = await handlers.add_partner(
+                session, naam="Bench Woonstichting", soort="Huur", kvk_nummer=None, now=utc_now()
+            )
+            return {
+                "client_id": partner.client_id,
+                "client_secret": secret,
+                "soort": "Huur",
+                "id": str(partner.id),
+            }
+    finally:
+        await engine.dispose()
+
+
+def unique_homes(count: int) -> list[DemoHousehold]:
+    letters = "ABCDEFGHJKLMNPRTVXZ"
+    homes = households(count, random.Random(99))
+    return [
+        DemoHousehold(
+            **{
+                **h.__dict__,
+                "postcode": f"{h.postcode[:4]} {letters[(i // 999) % 19]}{letters[(i // 999 // 19) % 19]}",
+                "huisnummer": i % 999 + 1,
+            }
+        )
+        for i, h in enumerate(homes)
+    ]
+
+
+async def bearer(client: httpx.AsyncClient, partner: dict[str, str]) -> dict[str, str]:
+    response = await client.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials"},
+        auth=(partner["client_id"], partner["client_secret"]),
+    )
+    response.raise_for_status()
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+async def single_posts(
+    url: str, partner: dict[str, str], homes: list[DemoHousehold], clients: int, total: int
+) -> tuple[float, list[float]]:
+    run = uuid.uuid4().hex[:6]
+    bodies = [
+        signal_body(
+            homes[i % len(homes)],
+            partner_signaal_id=f"S-{run}-{i}",
+            soort="Huur",
+            amount="250.00",
+            signaaldatum=dt.date.today(),
+        )
+        for i in range(total)
+    ]
+    latencies: list[float] = []
+    async with httpx.AsyncClient(
+        base_url=url, timeout=60, limits=httpx.Limits(max_connections=clients)
+    ) as client:
+        headers = await bearer(client, partner)
+        queue: asyncio.Queue = asyncio.Queue()
+        for body in bodies:
+            queue.put_nowait(body)
+
+        async def worker() -> None:
+            while not queue.empty():
+                body = queue.get_nowait()
+                started = time.perf_counter()
+                response = await client.post("/api/v1/signalen", json=body, headers=headers)
+                latencies.append(time.perf_counter() - started)
+                if response.status_code != 201:
+                    raise SystemExit(f"unexpected {response.status_code}: {response.text[:300]}")
+
+        await client.get("/health/live")
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    return total / elapsed, latencies
+
+
+async def count_events(
+    bootstrap: str, partner_id: str, expected: int, started: float
+) -> tuple[float, int]:
+    consumer = AIOKafkaConsumer(
+        SIGNAL_RECEIVED.name,
+        bootstrap_servers=bootstrap,
+        group_id=f"bench-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    seen = 0
+    size = 0
+    marker = f'"partner_id":"{partner_id}"'.encode()
+    try:
+        while seen < expected:
+            batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+            for records in batches.values():
+                ours = [
+                    r
+                    for r in records
+                    if marker in r.value and b'"partner_signaal_id":"D-' in r.value
+                ]
+                seen += len(ours)
+                size += sum(len(r.value) for r in ours)
+        return time.perf_counter() - started, size // max(seen, 1)
+    finally:
+        await consumer.stop()
+
+
+async def delivery(
+    url: str, bootstrap: str, partner: dict[str, str], homes: list[DemoHousehold], size: int
+) -> dict[str, float]:
+    bodies = [
+        signal_body(
+            homes[i % len(homes)],
+            partner_signaal_id=f"D-{i}",
+            soort="Huur",
+            amount="300.00",
+            signaaldatum=dt.date.today(),
+        )
+        for i in range(size)
+    ]
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        headers = await bearer(client, partner)
+        started = time.perf_counter()
+        events = asyncio.create_task(count_events(bootstrap, partner["id"], size, started))
+        response = await client.post("/api/v1/leveringen", json=bodies, headers=headers)
+        accepted = time.perf_counter() - started
+        if response.status_code != 202:
+            raise SystemExit(f"delivery refused: {response.status_code} {response.text[:300]}")
+        location = response.headers["Location"]
+        while (await client.get(location, headers=headers)).json()["status"] != "verwerkt":  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # polling interval of the measurement
+        processed = time.perf_counter() - started
+        published, event_size = await events
+    return {
+        "accepted": accepted,
+        "processed": processed,
+        "published": published,
+        "bytes": len(response.request.content),
+        "event_size": event_size,
+    }
+
+
+async def raw_produce(bootstrap: str, count: int, size: int) -> float:
+    topic = f"bench.raw.{uuid.uuid4().hex[:6]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, 6, 1)])
+    await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        payload = b"x" * size
+        started = time.perf_counter()
+        futures = [await producer.send(topic, payload, key=str(i).encode()) for i in range(count)]
+        await asyncio.gather(*futures)
+        return count / (time.perf_counter() - started)
+    finally:
+        await producer.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--delivery", type=int, default=10_000)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-intake-"))
+    port = stack.free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    os.environ.update(
+        {
+            "VROEG_KAFKA_BOOTSTRAP": bootstrap,
+            "VROEG_DATABASE_PREFIX": "benchintake",
+            "VROEG_OTEL_EXPORTER": "none",
+        }
+    )
+    broker = stack.start_broker(port, workdir)
+    running = stack.Stack(env={}, log_dir=workdir)
+    try:
+        asyncio.run(stack.create_topics(bootstrap, IntakeSettings().kafka_partitions))
+        asyncio.run(stack.prepare_databases([BY_NAME["intake"]], fresh=True))
+        homes = unique_homes(max(args.delivery, 1000))
+        partner = asyncio.run(setup(homes))
+        running.start_service(BY_NAME["intake"], port=stack.free_port())
+        running.wait_ready(["intake"])
+        url = running.url("intake")
+        rate, latencies = asyncio.run(
+            single_posts(url, partner, homes, args.clients, args.requests)
+        )
+        result = asyncio.run(delivery(url, bootstrap, partner, homes, args.delivery))
+        event_size = int(result["event_size"])
+        raw = asyncio.run(raw_produce(bootstrap, args.delivery, event_size))
+    finally:
+        running.stop()
+        broker.stop()
+    quantiles = statistics.quantiles(latencies, n=100)
+    published_rate = args.delivery / result["published"]
+    print(f"single POST, {args.clients} clients, {args.requests} signals: {rate:8.0f} signals/s")
+    print(
+        f"  latency p50 {quantiles[49] * 1000:.1f} ms   p99 {quantiles[98] * 1000:.1f} ms   (target p99 < 50 ms)"
+    )
+    print(f"delivery of {args.delivery} signals ({result['bytes'] / 1e6:.1f} MB JSON):")
+    print(f"  accepted (202)            {result['accepted']:6.2f} s")
+    print(f"  every line judged         {result['processed']:6.2f} s")
+    print(
+        f"  every event in Kafka      {result['published']:6.2f} s   (target < 3 s)  {published_rate:.0f} signals/s"
+    )
+    print(f"raw broker produce, {args.delivery} x {event_size} B, acks=all: {raw:8.0f} msg/s")
+    print(f"ratio delivery publish rate / raw produce rate: {published_rate / raw:.3f}")
+
+
+if __name__ == "__main__":
+    main()
