@@ -95,29 +95,34 @@ class Outbox:
             )
         )
 
+    @staticmethod
+    def columns(events: Sequence[tuple[Topic, Event]]) -> dict[str, list[Any]]:
+        """Outbox rows as column arrays (topics, keys, payloads, headers) for a statement
+        that stages events together with the state change that causes them."""
+        trace_headers: dict[str, str] = current_trace_headers()
+        return {
+            "topics": [topic.name for topic, _ in events],
+            "keys": [event.household_key for _, event in events],
+            "payloads": [encode_event(event) for _, event in events],
+            "headers": [
+                json.dumps(trace_headers | {"event_type": event.__class__.__name__})
+                for _, event in events
+            ],
+        }
+
     async def stage_many(
         self, session: AsyncSession, events: Sequence[tuple[Topic, Event]]
     ) -> None:
         """Write several events to the outbox in one statement, in the caller's transaction."""
         if not events:
             return
-        trace_headers: dict[str, str] = current_trace_headers()
-        # Column arrays joined with unnest: one statement, one round trip, however many.
         await session.execute(
             text(
                 f"INSERT INTO {self.tables.outbox.name} (topic, key, payload, headers) "
                 "SELECT * FROM unnest(CAST(:topics AS text[]), CAST(:keys AS text[]), "
                 "CAST(:payloads AS bytea[]), CAST(CAST(:headers AS text[]) AS json[]))"
             ),
-            {
-                "topics": [topic.name for topic, _ in events],
-                "keys": [event.household_key for _, event in events],
-                "payloads": [encode_event(event) for _, event in events],
-                "headers": [
-                    json.dumps(trace_headers | {"event_type": event.__class__.__name__})
-                    for _, event in events
-                ],
-            },
+            self.columns(events),
         )
 
     async def stage_raw(

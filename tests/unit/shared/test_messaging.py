@@ -37,7 +37,12 @@ def test_failure_reason_names_the_rule_but_never_the_data() -> None:
 def test_production_refuses_development_and_placeholder_secrets() -> None:
     with pytest.raises(ValidationError, match="development secret"):
         IntakeSettings(environment="production", _env_file=None)
-    real = {"household_key_secret": "k" * 40, "token_signing_key": "t" * 40, "master_key": "m" * 44}
+    real = {
+        "household_key_secret": "k" * 40,
+        "token_signing_key": "t" * 40,
+        "master_key": "m" * 44,
+        "public_url": "https://vroegsignalering.example.nl",
+    }
     for placeholder in ("REPLACE_ME", "too-short", "x" * 40 + "changethis"):
         with pytest.raises(ValidationError, match="placeholder or is too short"):
             IntakeSettings(
@@ -46,4 +51,8 @@ def test_production_refuses_development_and_placeholder_secrets() -> None:
                 **{**real, "token_signing_key": placeholder},
             )
     IntakeSettings(environment="production", _env_file=None, **real)
+    with pytest.raises(ValidationError, match="https"):
+        IntakeSettings(
+            environment="production", _env_file=None, **{**real, "public_url": "http://x"}
+        )
     ServiceSettings(environment="production", _env_file=None)  # no secrets of its own
