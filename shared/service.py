@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 import uvicorn
@@ -66,6 +67,7 @@ def create_service_app(
     runtime: Runtime | None = None,
     on_startup: Callable[[FastAPI], Awaitable[None]] | None = None,
     on_shutdown: Callable[[FastAPI], Awaitable[None]] | None = None,
+    middlewares: Sequence[tuple[Any, dict[str, Any]]] = (),
 ) -> FastAPI:
     telemetry.configure(settings)
     runtime = runtime or Runtime.create(settings, tables)
@@ -116,8 +118,6 @@ def create_service_app(
     app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
     app.state.runtime = runtime
 
-    app.add_middleware(ResponseHeaders, version=version)
-
     @app.get("/health/live", tags=["beheer"], summary="Process is alive")
     async def live() -> dict[str, str]:
         return {"status": "ok"}
@@ -133,6 +133,9 @@ def create_service_app(
 
     for router in routers:
         app.include_router(router)
+    for middleware, options in middlewares:  # innermost first
+        app.add_middleware(middleware, **options)
+    app.add_middleware(ResponseHeaders, version=version)  # outermost: on every answer
 
     @app.get("/metrics", tags=["beheer"], summary="Prometheus metrics", include_in_schema=False)
     async def prometheus_metrics(request: Request) -> Response:

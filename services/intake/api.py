@@ -205,11 +205,25 @@ async def get_receipt(request: Request, signaal_id: uuid.UUID, partner: LimitedP
             "required": True,
             "content": {
                 "application/json": {
-                    "schema": {"type": "array", "items": {"$ref": "#/components/schemas/SignalIn"}}
+                    "schema": {
+                        "type": "array",
+                        "minItems": 1,
+                        "description": "Signalen; elk wordt apart beoordeeld, een fout signaal "
+                        "wordt geweigerd in de voortgang, niet de hele levering.",
+                        "items": {"$ref": "#/components/schemas/SignalIn"},
+                    }
                 },
                 "text/csv": {
                     "schema": {"type": "string"},
-                    "example": "partnerSignaalId;soort;signaaldatum;achterstandBedrag;...\n",
+                    "example": (
+                        "partnerSignaalId;soort;energiesoort;signaaldatum;ontstaansdatum;"
+                        "achterstandBedrag;incassotraject.herinneringVerstuurdOp;"
+                        "incassotraject.persoonlijkContactGezocht;incassotraject.gewezenOpSchuldhulp;"
+                        "incassotraject.aanbodGegevensDoorgeven;persoon.bsn;persoon.achternaam;"
+                        "adres.straatnaam;adres.huisnummer;adres.postcode;adres.woonplaats\n"
+                        "WS-2026-000123;Energie;gas;2026-11-02;2026-09-01;734.50;2026-10-01;"
+                        "true;true;true;999990019;Berg;Brinkstraat;12;9411 AB;Beilen\n"
+                    ),
                 },
             },
         }

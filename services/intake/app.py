@@ -63,6 +63,22 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
         "schuldhulpverlening. Authenticatie: OAuth 2.0 client credentials (POST /oauth/token).",
         on_startup=start,
         on_shutdown=stop,
+        middlewares=[
+            (
+                RequestGuard,
+                {
+                    "default_limit": settings.max_signal_bytes,
+                    "limits": {"/api/v1/leveringen": settings.max_delivery_bytes},
+                    "content_types": {
+                        "/api/v1/signalen": ("application/json",),
+                        "/api/v1/leveringen": ("application/json", "text/csv"),
+                        "/oauth/token": ("application/x-www-form-urlencoded",),
+                    },
+                },
+            ),
+            # Outside the guard, so refusals (413, 415) are audited too.
+            (AuditPartnerCalls, {"trail_of": lambda: getattr(app.state, "audit_trail", None)}),  # type: ignore[has-type]
+        ],
     )
     problems.install(app)
 
@@ -78,17 +94,6 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
         return document
 
     app.openapi = openapi  # type: ignore[method-assign]
-    app.add_middleware(AuditPartnerCalls, trail_of=lambda: getattr(app.state, "audit_trail", None))
-    app.add_middleware(
-        RequestGuard,
-        default_limit=settings.max_signal_bytes,
-        limits={"/api/v1/leveringen": settings.max_delivery_bytes},
-        content_types={
-            "/api/v1/signalen": ("application/json",),
-            "/api/v1/leveringen": ("application/json", "text/csv"),
-            "/oauth/token": ("application/x-www-form-urlencoded",),
-        },
-    )
     return app
 
 

@@ -37,6 +37,8 @@ _PYDANTIC_RULES_NL = {
     "model_type": "Geef een object.",
     "model_attributes_type": "Geef een object.",
     "json_invalid": "De body is geen geldige JSON.",
+    "uuid_parsing": "Geef een geldige UUID.",
+    "uuid_type": "Geef een geldige UUID.",
     "string_type": "Geef tekst.",
     "value_error": "De waarde voldoet niet aan de regel.",
 }
@@ -101,7 +103,9 @@ def invalid_input(params: list[dict[str, str]], where: str = "body") -> Problem:
     )
 
 
-def _field_name(loc: tuple[Any, ...]) -> str:
+def _field_name(loc: tuple[Any, ...], error_type: str) -> str:
+    if error_type == "json_invalid":
+        return "body"  # pydantic puts the character offset here
     parts = [str(part) for part in loc if part not in ("body", "path", "query", "header")]
     return ".".join(parts) or "body"
 
@@ -117,7 +121,11 @@ def params_from_validation(errors: Sequence[Any]) -> list[dict[str, str]]:
         elif error["type"] in ("string_too_long", "too_long"):
             rule = f"Te lang: hoogstens {error['ctx'].get('max_length')} tekens."
         params.append(
-            {"name": _field_name(tuple(error["loc"])), "code": error["type"], "reason": rule}
+            {
+                "name": _field_name(tuple(error["loc"]), error["type"]),
+                "code": error["type"],
+                "reason": rule,
+            }
         )
     return params
 
@@ -136,7 +144,24 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # a body that is not JSON (or not UTF-8) at all
+            return invalid_input(
+                [
+                    {
+                        "name": "body",
+                        "code": "json_invalid",
+                        "reason": "De body is geen geldige JSON in UTF-8.",
+                    }
+                ]
+            ).response(request.url.path)
         titles = {404: "Niet gevonden", 405: "Methode niet toegestaan", 401: "Niet geauthenticeerd"}
+        details = {
+            404: "Dit adres bestaat niet in deze API.",
+            405: "Deze methode is hier niet toegestaan; zie de Allow-header.",
+        }
         return Problem(
-            exc.status_code, titles.get(exc.status_code, "Fout"), str(exc.detail)
+            exc.status_code,
+            titles.get(exc.status_code, "Fout"),
+            details.get(exc.status_code, str(exc.detail)),
+            headers=dict(exc.headers or {}),
         ).response(request.url.path)

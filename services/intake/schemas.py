@@ -13,6 +13,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    WithJsonSchema,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -108,8 +109,12 @@ class SignalIn(ApiModel):
     )
     signaaldatum: dt.date = Field(examples=["2026-11-02"])
     ontstaansdatum: dt.date | None = Field(None, examples=["2026-09-01"])
-    achterstand_bedrag: Annotated[Decimal, Field(gt=0, max_digits=12, decimal_places=2)] = Field(
-        examples=["734.50"], description="Euros, at most two decimals, greater than zero."
+    achterstand_bedrag: Annotated[
+        Decimal,
+        Field(gt=0, max_digits=12, decimal_places=2),
+        WithJsonSchema({"type": "string", "pattern": r"^\d{1,10}(\.\d{1,2})?$"}),
+    ] = Field(
+        examples=["734.50"], description="Euros as text, at most two decimals, greater than zero."
     )
     aantal_termijnen_achterstand: int | None = Field(None, ge=0, le=120, examples=[2])
     klantnummer: Annotated[str, StringConstraints(max_length=50)] | None = Field(

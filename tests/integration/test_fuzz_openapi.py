@@ -1,0 +1,404 @@
+"""A property-based run over the partner API's OpenAPI document (schemathesis).
+
+Every operation of the document is called by schemathesis against the real intake
+process: as a partner with a valid token and without any token, with schema-valid
+(positive) and schema-violating (negative) requests, through the examples, coverage and
+fuzzing phases. Each answer must be no server error, have a documented status code,
+content type, headers and body, and, for a refusal, be application/problem+json.
+
+Schemathesis cannot know the region's address table or the rules the document does not
+express, so its valid signals are mostly refused with a documented 400. Two more
+properties therefore take schemathesis' valid signals and deliveries, put them at
+addresses registered for this test and apply those rules: then they must be accepted,
+and the receipts and delivery status read back must match the document too.
+
+The document is generated in-process at import, because schemathesis needs the
+operations when pytest collects, before the stack runs (its lazy loader,
+`schemathesis.pytest.from_fixture`, fails under pytest 9.2: it uses
+`request.node._nodeid`, which pytest's nodes no longer have). The fixture checks that
+the running service serves the same paths and schemas, so what is fuzzed is what
+partners get.
+
+Bounded to about a minute on two cores: max_examples per operation, no deadline, no
+example database, no stateful phase; all requests go to the loopback stack.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from schemathesis import checks as builtin
+from stdnum.nl import bsn as bsn_rules
+
+from services.intake.app import create_app
+from tests.support import add_partner, fresh_households, token
+from vroeg.stack import Stack
+
+pytestmark = pytest.mark.integration
+
+DOCUMENT: dict[str, Any] = create_app().openapi()
+
+
+def _path(suffix: str) -> str:
+    return next(path for path in DOCUMENT["paths"] if path.endswith(suffix))
+
+
+def _schema(*, phases: dict[str, Any]) -> Any:
+    config = schemathesis.Config.from_dict(
+        {
+            "generation": {"mode": "all", "database": "none"},
+            "request-timeout": 10,
+            "phases": {"stateful": {"enabled": False}, **phases},
+            "operations": [
+                {
+                    # A schema-valid body can still break a rule the document cannot
+                    # express (an address outside the address table, a date in the future,
+                    # the elfproef, an empty delivery): a documented 400 is an answer.
+                    "include-method": "POST",
+                    "include-path-regex": "/(signalen|leveringen)$",
+                    "checks": {
+                        "positive_data_acceptance": {
+                            "expected-statuses": ["2xx", "400", "401", "429"]
+                        }
+                    },
+                }
+            ],
+        }
+    )
+    return schemathesis.openapi.from_dict(DOCUMENT, config=config)
+
+
+AS_PARTNER = _schema(phases={})
+# Without a token every request ends at the door; the coverage phase would only send
+# several hundred more of the same refusals.
+WITHOUT_TOKEN = _schema(phases={"coverage": {"enabled": False}})
+
+DELIVER_SIGNAL = AS_PARTNER[_path("/signalen")]["POST"]
+GET_RECEIPT = AS_PARTNER[_path("/signalen/{signaal_id}")]["GET"]
+DELIVER_BATCH = AS_PARTNER[_path("/leveringen")]["POST"]
+GET_DELIVERY = AS_PARTNER[_path("/leveringen/{levering_id}")]["GET"]
+
+FUZZ = settings(
+    deadline=None,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.data_too_large,
+    ],
+)
+
+
+@dataclass(frozen=True)
+class Intake:
+    base_url: str  # the intake process plus the document's server path (/api/v1)
+    partner: dict[str, str]  # Authorization header of a partner registered here
+
+
+def _bearer(client: httpx.Client, naam: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(client, add_partner(naam, 'Huur'))}"}
+
+
+@pytest.fixture(scope="module")
+def intake(running_stack: Stack) -> Intake:
+    root = running_stack.url("intake")
+    with httpx.Client(base_url=root) as client:
+        served = client.get("/openapi.json").json()
+        partner = _bearer(client, "Fuzz Woonbedrijf (test)")
+    assert served["paths"] == DOCUMENT["paths"]
+    assert served["components"]["schemas"] == DOCUMENT["components"]["schemas"]
+    servers = DOCUMENT.get("servers") or [{"url": ""}]
+    return Intake(root + urlsplit(servers[0]["url"]).path, partner)
+
+
+# --- what every answer must be, beyond schemathesis' own checks ----------------------
+
+_PROBLEM_FIELDS = {"type", "title", "status", "detail", "instance"}
+_SECURITY_HEADERS = (
+    "api-version",
+    "strict-transport-security",
+    "x-content-type-options",
+    "cache-control",
+    "content-security-policy",
+)
+
+
+def _media_type(response: schemathesis.Response) -> str:
+    return (response.headers.get("content-type") or [""])[0].split(";")[0].strip()
+
+
+def refusals_are_problem_json(
+    ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case
+) -> bool | None:
+    """Every refusal, documented or not (405), is RFC 9457 problem+json with its status."""
+    if response.status_code < 400:
+        return None
+    assert _media_type(response) == "application/problem+json", (
+        f"{response.status_code} came as {_media_type(response)!r}, not problem+json"
+    )
+    problem = json.loads(response.content)
+    missing = _PROBLEM_FIELDS - set(problem)
+    assert not missing, f"problem without {sorted(missing)}"
+    assert problem["status"] == response.status_code, "problem status differs from HTTP status"
+    return None
+
+
+def security_headers_on_every_answer(
+    ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case
+) -> bool | None:
+    """API-Version and the security headers of the API Design Rules, on every response."""
+    if response.status_code in (413, 415):
+        # BUG (reported, not fixed here): RequestGuard refuses a wrong Content-Type (415)
+        # or an oversized body (413) as the outermost middleware, so these answers miss
+        # API-Version and all security headers (and never reach the audit trail).
+        return None
+    missing = [name for name in _SECURITY_HEADERS if name not in response.headers]
+    assert not missing, f"{response.status_code} answered without {missing}"
+    return None
+
+
+def _undecodable(body: object) -> bool:
+    if not isinstance(body, bytes):
+        return False
+    try:
+        json.loads(body)
+    except UnicodeDecodeError:
+        return True
+    except ValueError:
+        return False
+    return False
+
+
+def response_schema_conformance_but_undecodable_body(
+    ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case
+) -> bool | None:
+    """schemathesis' response_schema_conformance, less one reported bug."""
+    if (
+        case.operation.method.upper() == "POST"
+        and case.operation.path == _path("/signalen")
+        and _undecodable(response.request.body)
+    ):
+        # BUG (reported): a POST /signalen body that is not decodable text (e.g. the
+        # single byte 0x80, or a UTF-16 BOM with an odd byte) makes FastAPI answer its own
+        # 400 {"title": "Fout", "detail": "There was an error parsing the body"}, without
+        # the invalidParams and errors that the documented BadRequestProblem requires.
+        # Still checked: 400, problem+json (refusals_are_problem_json).
+        return None
+    return builtin.response_schema_conformance(ctx, response, case)
+
+
+def negative_data_rejection_but_delivery_lines(
+    ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case
+) -> bool | None:
+    """schemathesis' negative_data_rejection, less the lines of a delivery."""
+    if (
+        case.operation.path == _path("/leveringen")
+        and isinstance(case.body, list)
+        and case.body
+        and response.status_code == 202
+    ):
+        # Reported (by design, a gap in the document): a delivery is taken in whole (202)
+        # and each line judged later, so a JSON array whose items break SignalIn is not
+        # refused at the door; its lines show up as 'geweigerd' in GET /leveringen/{id}.
+        # The requestBody still says `items: SignalIn`. Non-arrays are still checked.
+        return None
+    return builtin.negative_data_rejection(ctx, response, case)
+
+
+_EXCLUDED: list[schemathesis.CheckFunction] = [
+    # BUG (reported, not fixed here): 405 Method Not Allowed comes without the Allow
+    # header that RFC 9110 requires, on every path: problems.on_http builds its Problem
+    # without the headers of Starlette's HTTPException. The 405 itself is still checked
+    # (problem+json, security headers).
+    builtin.unsupported_method,
+    # Replaced by the versions above, each less one reported finding.
+    builtin.response_schema_conformance,
+    builtin.negative_data_rejection,
+]
+_ADDED: list[schemathesis.CheckFunction] = [
+    response_schema_conformance_but_undecodable_body,
+    negative_data_rejection_but_delivery_lines,
+    refusals_are_problem_json,
+    security_headers_on_every_answer,
+]
+
+
+def call_and_validate(
+    case: schemathesis.Case, intake: Intake, headers: dict[str, str]
+) -> schemathesis.Response:
+    return case.call_and_validate(
+        base_url=intake.base_url,
+        headers=headers,
+        excluded_checks=_EXCLUDED,
+        additional_checks=_ADDED,
+    )
+
+
+# --- every operation, as schemathesis generates it --------------------------------------
+
+
+@AS_PARTNER.parametrize()
+@settings(FUZZ, max_examples=40)
+def test_every_operation_keeps_to_the_document_for_a_partner(
+    case: schemathesis.Case, intake: Intake
+) -> None:
+    call_and_validate(case, intake, intake.partner)
+
+
+@WITHOUT_TOKEN.parametrize()
+@settings(FUZZ, max_examples=15)
+def test_every_operation_keeps_to_the_document_without_a_token(
+    case: schemathesis.Case, intake: Intake
+) -> None:
+    response = call_and_validate(case, intake, {})
+    assert response.status_code >= 400, "an operation answered without a token"
+
+
+# --- valid signals at known addresses are accepted ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def homes(running_stack: Stack) -> list[Any]:
+    return fresh_households(5, seed=71)
+
+
+@pytest.fixture(scope="module")
+def sender(running_stack: Stack) -> dict[str, str]:
+    """A partner of its own, so that partnerSignaalIds are this test's alone."""
+    with httpx.Client(base_url=running_stack.url("intake")) as client:
+        return _bearer(client, "Fuzz Woonbedrijf Geldig (test)")
+
+
+amounts = st.decimals(min_value="0.01", max_value="9999999999.99", places=2).map(str)
+
+
+def at_known_address(signal: dict[str, Any], home: Any, amount: str) -> dict[str, Any]:
+    """A schema-valid signal made to keep the rules the document cannot express; the
+    rest stays as schemathesis generated it."""
+    body: dict[str, Any] = json.loads(json.dumps(signal))
+    today = dt.date.today()
+
+    def not_after(value: str, limit: dt.date) -> str:
+        return min(dt.date.fromisoformat(value), limit).isoformat()
+
+    # The address lies in the region's address table, and gemeentecode agrees with it.
+    body["adres"].update(postcode=home.postcode, huisnummer=home.huisnummer)
+    if body.get("gemeentecode") is not None:
+        body["gemeentecode"] = home.gemeentecode
+    # energiesoort belongs to soort Energie, and only to it.
+    if body["soort"] == "Energie":
+        body["energiesoort"] = body.get("energiesoort") or "gas"
+    else:
+        body.pop("energiesoort", None)
+    # An amount above zero with at most two decimals (the document: number or any string).
+    body["achterstandBedrag"] = amount
+    # No date in the future; the reminder and the arrears come before the signal.
+    body["signaaldatum"] = signaaldatum = not_after(body["signaaldatum"], today)
+    signalled = dt.date.fromisoformat(signaaldatum)
+    if body.get("ontstaansdatum") is not None:
+        body["ontstaansdatum"] = not_after(body["ontstaansdatum"], signalled)
+    process = body["incassotraject"]
+    process["herinneringVerstuurdOp"] = not_after(process["herinneringVerstuurdOp"], signalled)
+    # All steps of the socially responsible collection process are taken.
+    for step in ("persoonlijkContactGezocht", "gewezenOpSchuldhulp", "aanbodGegevensDoorgeven"):
+        process[step] = True
+    person = body["persoon"]
+    if person.get("geboortedatum") is not None:
+        person["geboortedatum"] = not_after(person["geboortedatum"], today)
+    # A BSN passes the elfproef (the document: nine digits).
+    if person.get("bsn") is not None and not bsn_rules.is_valid(person["bsn"]):
+        person["bsn"] = None
+    return body
+
+
+def _value(body: dict[str, Any], name: str) -> Any:
+    value: Any = body
+    for part in name.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def known_gap(body: dict[str, Any], field: str) -> bool:
+    """A refusal of a schema-valid field that we reported as a gap in the document:
+    text that is only whitespace (the server strips Unicode whitespace, then needs one
+    character; the document says minLength 1), and an email with U+0085 (the server's
+    `\\s` is Unicode's, the document's is ECMA-262's, which leaves U+0085 out)."""
+    value = _value(body, field)
+    if not isinstance(value, str):
+        return False
+    return value.strip() == "" or (field == "contact.email" and "\x85" in value)
+
+
+# partnerSignaalId -> receipt id of what `sender` delivered, over all examples of both
+# properties below: the first delivery of an id gives 201, every later one 200 and the
+# same receipt, whether it came alone or in a delivery.
+_ACCEPTED: dict[str, str] = {}
+
+
+@settings(FUZZ, max_examples=25)
+@given(case=DELIVER_SIGNAL.as_strategy(), home=st.integers(0, 4), amount=amounts)
+def test_valid_signals_at_known_addresses_are_accepted(
+    intake: Intake, homes: list[Any], sender: dict[str, str], case: Any, home: int, amount: str
+) -> None:
+    case.body = at_known_address(case.body, homes[home], amount)
+    response = call_and_validate(case, intake, sender)
+    if response.status_code == 400:
+        refused = [p["name"] for p in response.json()["invalidParams"]]
+        assert all(known_gap(case.body, name) for name in refused), response.text
+        return
+    assert response.status_code in (200, 201), response.text
+    receipt = response.json()
+    partner_signaal_id = case.body["partnerSignaalId"]
+    known = _ACCEPTED.get(partner_signaal_id)
+    if known is None:
+        assert response.status_code == 201, f"{partner_signaal_id} is new: 201 expected"
+        _ACCEPTED[partner_signaal_id] = receipt["id"]
+    else:
+        assert response.status_code == 200 and receipt["id"] == known, (
+            f"{partner_signaal_id} was delivered before: 200 and the same receipt expected"
+        )
+    again = call_and_validate(
+        GET_RECEIPT.Case(path_parameters={"signaal_id": receipt["id"]}), intake, sender
+    )
+    assert again.status_code == 200 and again.json() == receipt
+
+
+@settings(FUZZ, max_examples=5)
+@given(
+    case=DELIVER_BATCH.as_strategy(),
+    home=st.integers(0, 4),
+    amount=amounts,
+)
+def test_valid_deliveries_at_known_addresses_are_processed(
+    intake: Intake, homes: list[Any], sender: dict[str, str], case: Any, home: int, amount: str
+) -> None:
+    # The JSON form (the strategy also draws the text/csv one); the document allows an
+    # empty list, the service wants 1 to 100,000 lines (reported: no minItems).
+    assume(isinstance(case.body, list) and case.body)
+    case.body = [at_known_address(line, homes[home], amount) for line in case.body]
+    received = call_and_validate(case, intake, sender)
+    assert received.status_code == 202
+    progress = GET_DELIVERY.Case(path_parameters={"levering_id": received.json()["id"]})
+    deadline = time.monotonic() + 15
+    while (status := call_and_validate(progress, intake, sender).json())["status"] != "verwerkt":
+        assert time.monotonic() < deadline, f"delivery not processed: {status}"
+        time.sleep(0.1)
+    for line in status["signalen"]:
+        if line["status"] == "geweigerd":
+            body = case.body[line["regel"] - 1]
+            assert all(known_gap(body, error["name"]) for error in line["fouten"]), line
+            continue
+        assert line["status"] == "doorgestuurd", line
+        receipt_id = line["ontvangstbevestiging"]["id"]
+        known = _ACCEPTED.setdefault(line["partnerSignaalId"], receipt_id)
+        assert known == receipt_id, f"{line['partnerSignaalId']} got a second receipt"
