@@ -175,8 +175,32 @@ class OutreachDue(Event):
     signalen: tuple[CaseSignalRef, ...]
 
 
+FeedbackStatus = Literal["in-behandeling", "niet-doorgestuurd"]
+
+
+class FeedbackSent(Event):
+    """Feedback told a partner what happened to one of its signals (terugkoppeling).
+
+    Only what the partner may know: never why a signal was not picked up. More statuses
+    (help accepted, not picked up) come with outreach's outcomes.
+    """
+
+    event_type: Literal["FeedbackSent"] = "FeedbackSent"
+    signal_id: UUID
+    partner_id: UUID
+    partner_signaal_id: str
+    status: FeedbackStatus
+    toelichting: str
+
+
 AnyEvent = Annotated[
-    SignalReceived | SignalBlocked | BlacklistChanged | MatchCreated | MatchUpdated | OutreachDue,
+    SignalReceived
+    | SignalBlocked
+    | BlacklistChanged
+    | MatchCreated
+    | MatchUpdated
+    | OutreachDue
+    | FeedbackSent,
     Field(discriminator="event_type"),
 ]
 _EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
@@ -204,7 +228,7 @@ BLACKLIST_CHANGED = Topic("blacklist.changed", (BlacklistChanged,), "outreach �
 MATCH_CREATED = Topic("match.created", (MatchCreated,), "matching → outreach, retention")
 MATCH_UPDATED = Topic("match.updated", (MatchUpdated,), "matching → outreach, retention")
 OUTREACH_DUE = Topic("outreach.due", (OutreachDue,), "outreach → feedback, retention")
-FEEDBACK_SENT = Topic("feedback.sent", (), "feedback → intake, retention (contract follows)")
+FEEDBACK_SENT = Topic("feedback.sent", (FeedbackSent,), "feedback → intake (the partner's feed)")
 DEAD_LETTER = Topic("deadletter", (), "messages a consumer could not process, with the reason")
 
 TOPICS: tuple[Topic, ...] = (

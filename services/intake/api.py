@@ -7,7 +7,7 @@ import binascii
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, Header, Request, Response
+from fastapi import APIRouter, Depends, Form, Header, Query, Request, Response
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,6 +24,8 @@ from services.intake.problems import Problem, invalid_input
 from services.intake.schemas import (
     DeliveryReceipt,
     DeliveryStatus,
+    FeedbackItem,
+    FeedbackPage,
     Receipt,
     SignalIn,
     TokenResponse,
@@ -317,4 +319,42 @@ async def delivery_status(
         aantal_niet_doorgestuurd=delivery.aantal_niet_doorgestuurd,
         aantal_geweigerd=delivery.aantal_geweigerd,
         signalen=[deliveries.line_receipt(line, receipts) for line in lines],
+    )
+
+
+@router.get(
+    "/api/v1/terugkoppelingen",
+    response_model=FeedbackPage,
+    tags=["terugkoppelingen"],
+    summary="Terugkoppelingen over uw signalen, oudste eerst",
+    description="Wat de gemeente u over uw signalen laat weten (bijvoorbeeld dat een signaal in "
+    "behandeling is, of niet is doorgestuurd). Vraag de volgende bladzijde op met "
+    "vanaf=<volgende>; zonder vanaf begint u bij het begin.",
+    responses={400: _REFUSALS[400], 401: _REFUSALS[401], 429: _REFUSALS[429]},
+)
+async def feedback(
+    request: Request,
+    partner: LimitedPartner,
+    vanaf: Annotated[int, Query(ge=0, description="Cursor: het laatste volgnummer dat u had.")] = 0,
+    aantal: Annotated[
+        int, Query(ge=1, le=1000, description="Hoeveel terugkoppelingen hoogstens.")
+    ] = 100,
+) -> FeedbackPage:
+    async with request.app.state.runtime.session_factory() as session:
+        await confirm_active(session, partner)
+        items = await handlers.feedback_page(session, partner, vanaf, aantal)
+    request.state.audit_object = f"terugkoppelingen:{vanaf}"
+    return FeedbackPage(
+        terugkoppelingen=[
+            FeedbackItem(
+                volgnummer=item.id,
+                signaal_id=item.signal_id,
+                partner_signaal_id=item.partner_signaal_id,
+                status=item.status,  # type: ignore[arg-type]
+                toelichting=item.toelichting,
+                datum=item.datum,
+            )
+            for item in items
+        ],
+        volgende=items[-1].id if items else None,
     )

@@ -16,7 +16,7 @@ from services.intake.openapi import partner_openapi
 from services.intake.settings import IntakeSettings
 from shared.crypto import make_vault
 from shared.db import make_engine
-from shared.events import BLACKLIST_CHANGED
+from shared.events import BLACKLIST_CHANGED, FEEDBACK_SENT
 from shared.messaging import Subscription
 from shared.service import Runtime, create_service_app, serve
 
@@ -55,7 +55,8 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
         subscriptions=[
             Subscription(
                 BLACKLIST_CHANGED, partial(handlers.on_blacklist_changed, outbox=runtime.outbox)
-            )
+            ),
+            Subscription(FEEDBACK_SENT, handlers.on_feedback_sent),
         ],
         title="Vroegsignalering – signaal-API voor partners",
         description="Signaalpartners (verhuurders, energie-, water- en zorgverzekeraars) leveren hier "

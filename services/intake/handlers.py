@@ -22,6 +22,7 @@ from services.intake.models import (
     BlacklistEntry,
     Municipality,
     Partner,
+    PartnerFeedback,
     Signal,
 )
 from services.intake.schemas import Receipt, SignalIn
@@ -31,6 +32,7 @@ from shared.events import (
     SIGNAL_RECEIVED,
     BlacklistChanged,
     Event,
+    FeedbackSent,
     SignalBlocked,
     SignalReceived,
     Topic,
@@ -554,3 +556,34 @@ async def import_addresses(session: AsyncSession, rows: Sequence[tuple[str, int,
         )
         count += len(chunk)
     return count
+
+
+async def on_feedback_sent(session: AsyncSession, event: FeedbackSent) -> None:
+    """Add what feedback told to the partner's feed."""
+    await session.execute(
+        pg_insert(PartnerFeedback)
+        .values(
+            event_id=event.event_id,
+            partner_id=event.partner_id,
+            signal_id=event.signal_id,
+            partner_signaal_id=event.partner_signaal_id,
+            status=event.status,
+            toelichting=event.toelichting,
+            datum=event.occurred_at,
+        )
+        .on_conflict_do_nothing(index_elements=["event_id"])
+    )
+
+
+async def feedback_page(
+    session: AsyncSession, partner: PartnerIdentity, after: int, limit: int
+) -> list[PartnerFeedback]:
+    """The partner's feedback after a cursor, oldest first."""
+    return list(
+        await session.scalars(
+            select(PartnerFeedback)
+            .where(PartnerFeedback.partner_id == partner.id, PartnerFeedback.id > after)
+            .order_by(PartnerFeedback.id)
+            .limit(limit)
+        )
+    )

@@ -8,6 +8,7 @@ from decimal import Decimal
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Date,
     DateTime,
@@ -165,3 +166,19 @@ class AuditRecord(Base):
     object: Mapped[str | None] = mapped_column(String(200))
     result: Mapped[str] = mapped_column(String(40))
     gemeentecode: Mapped[str | None] = mapped_column(String(6))
+
+
+class PartnerFeedback(Base):
+    """A partner's feed of feedback (terugkoppelingen), in the order it was told; the
+    row id is the cursor a partner pages with."""
+
+    __tablename__ = "terugkoppelingen"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(unique=True)
+    partner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("partners.id"), index=True)
+    signal_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("signalen.id"))
+    partner_signaal_id: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(30))
+    toelichting: Mapped[str] = mapped_column(String(300))
+    datum: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))

@@ -21,6 +21,7 @@ TAGS = [
         "name": "leveringen",
         "description": "Een reeks signalen aanleveren (JSON of CSV) en de voortgang volgen.",
     },
+    {"name": "terugkoppelingen", "description": "Wat de gemeente u over uw signalen laat weten."},
 ]
 
 CONTACT = {

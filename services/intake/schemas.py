@@ -188,3 +188,21 @@ class DeliveryStatus(ApiModel):
     aantal_niet_doorgestuurd: int
     aantal_geweigerd: int
     signalen: list[DeliveryLineResult]
+
+
+class FeedbackItem(ApiModel):
+    """What the municipality tells a partner about one of its signals."""
+
+    volgnummer: int = Field(description="Cursor: ask again with vanaf=<volgnummer>.")
+    signaal_id: UUID
+    partner_signaal_id: str
+    status: Literal["in-behandeling", "niet-doorgestuurd"]
+    toelichting: str
+    datum: dt.datetime
+
+
+class FeedbackPage(ApiModel):
+    terugkoppelingen: list[FeedbackItem]
+    volgende: int | None = Field(
+        None, description="The cursor for the next page; null when there is nothing newer yet."
+    )

@@ -111,3 +111,34 @@ def test_two_creditors_at_one_address_in_one_month_make_one_multiple_case(
     assert case["aantalSchuldeisers"] == 2
     assert Decimal(case["totaalAchterstand"]) == Decimal("550.25")
     assert {s["partner"] for s in case["signalen"]} == {landlord["naam"], water["naam"]}
+
+
+def test_the_partner_hears_its_signal_is_being_handled(running_stack: Stack) -> None:
+    partner = add_partner("Waterbedrijf Terugkoppeling (test)", "Water")
+    homes = fresh_households(2, seed=13)
+    with httpx.Client(base_url=running_stack.url("intake"), timeout=10) as client:
+        headers = {"Authorization": f"Bearer {token(client, partner)}"}
+        for index, home in enumerate(homes):
+            response = client.post(
+                "/api/v1/signalen", json=signal_for(home, partner, f"TK-{index}"), headers=headers
+            )
+            assert response.status_code == 201, response.text
+
+        def both_told() -> list[dict] | None:
+            page = client.get("/api/v1/terugkoppelingen", headers=headers).json()
+            return page["terugkoppelingen"] if len(page["terugkoppelingen"]) == 2 else None
+
+        told = poll(both_told, 30, "feedback on both signals")
+        assert {t["partnerSignaalId"] for t in told} == {"TK-0", "TK-1"}
+        assert {t["status"] for t in told} == {"in-behandeling"}
+        first, second = told
+        rest = client.get(
+            f"/api/v1/terugkoppelingen?vanaf={first['volgnummer']}", headers=headers
+        ).json()
+        assert [t["partnerSignaalId"] for t in rest["terugkoppelingen"]] == [
+            second["partnerSignaalId"]
+        ]
+        done = client.get(
+            f"/api/v1/terugkoppelingen?vanaf={second['volgnummer']}", headers=headers
+        ).json()
+        assert done == {"terugkoppelingen": [], "volgende": None}

@@ -77,6 +77,18 @@ def test_a_blacklisted_address_is_stopped_unless_the_arrears_rose(running_stack:
         )
 
     poll(feedback_knows, 30, "feedback to hear of the stopped signals")
+    with httpx.Client(base_url=running_stack.url("intake")) as client:
+
+        def partner_told() -> list[dict] | None:
+            page = client.get("/api/v1/terugkoppelingen", headers=bearer(client, partner)).json()
+            stopped_told = [
+                t for t in page["terugkoppelingen"] if t["status"] == "niet-doorgestuurd"
+            ]
+            return stopped_told if len(stopped_told) == 2 else None
+
+        told = poll(partner_told, 30, "the partner to be told")
+    assert {t["partnerSignaalId"] for t in told} == {"BL-1", "BL-2"}
+    assert all("weiger" not in t["toelichting"] for t in told)
     listed = json.loads(vroeg_cli("blacklist", "list", "--gemeente", home.gemeentecode, "--json"))
     assert entry_id in [e["id"] for e in listed]
     vroeg_cli("blacklist", "remove", entry_id)

@@ -47,6 +47,7 @@ def test_openapi_is_public_and_names_the_partner_endpoints(running_stack: Stack)
         "/signalen/{signaal_id}",
         "/leveringen",
         "/leveringen/{levering_id}",
+        "/terugkoppelingen",
     }
     assert document["components"]["securitySchemes"]["oauth2"]["flows"]["clientCredentials"][
         "tokenUrl"

@@ -28,6 +28,7 @@ def test_server_url_is_https_and_carries_the_major_version(document: dict) -> No
         "/signalen/{signaal_id}",
         "/leveringen",
         "/leveringen/{levering_id}",
+        "/terugkoppelingen",
     }
 
 
