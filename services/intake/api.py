@@ -352,7 +352,7 @@ async def feedback(
                 partner_signaal_id=item.partner_signaal_id,
                 status=item.status,  # type: ignore[arg-type]
                 toelichting=item.toelichting,
-                datum=item.datum,
+                verstuurd_op=item.datum,
             )
             for item in items
         ],

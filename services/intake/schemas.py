@@ -198,7 +198,7 @@ class FeedbackItem(ApiModel):
     partner_signaal_id: str
     status: Literal["in-behandeling", "niet-doorgestuurd"]
     toelichting: str
-    datum: dt.datetime
+    verstuurd_op: dt.datetime
 
 
 class FeedbackPage(ApiModel):
