@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from sqlalchemy import Column, DateTime, LargeBinary, MetaData, Table, func, select, text, update
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -149,6 +149,20 @@ class PersonalDataSettings(ServiceSettings):
         description="How long an unwrapped data key is cached; a destroyed key stops "
         "working everywhere within this time.",
     )
+
+    @model_validator(mode="after")
+    def master_key_is_256_bits(self) -> PersonalDataSettings:
+        """In production the master key must be real key material, not a passphrase."""
+        if self.environment == "production":
+            try:
+                raw = base64.b64decode(self.master_key.get_secret_value(), validate=True)
+            except ValueError:
+                raw = b""
+            if len(raw) != 32:
+                raise ValueError(
+                    "master_key must be base64 of 32 random bytes (openssl rand -base64 32)"
+                )
+        return self
 
 
 def make_vault(settings: PersonalDataSettings, engine: AsyncEngine) -> Vault:

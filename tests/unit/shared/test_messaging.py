@@ -1,3 +1,5 @@
+import base64
+
 import pytest
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -40,7 +42,7 @@ def test_production_refuses_development_and_placeholder_secrets() -> None:
     real = {
         "household_key_secret": "k" * 40,
         "token_signing_key": "t" * 40,
-        "master_key": "m" * 44,
+        "master_key": base64.b64encode(bytes(range(32))).decode(),
         "public_url": "https://vroegsignalering.example.nl",
     }
     for placeholder in ("REPLACE_ME", "too-short", "x" * 40 + "changethis"):
@@ -51,6 +53,8 @@ def test_production_refuses_development_and_placeholder_secrets() -> None:
                 **{**real, "token_signing_key": placeholder},
             )
     IntakeSettings(environment="production", _env_file=None, **real)
+    with pytest.raises(ValidationError, match="32 random bytes"):
+        IntakeSettings(environment="production", _env_file=None, **{**real, "master_key": "p" * 44})
     with pytest.raises(ValidationError, match="https"):
         IntakeSettings(
             environment="production", _env_file=None, **{**real, "public_url": "http://x"}
