@@ -29,7 +29,11 @@ def new_metadata() -> MetaData:
 def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     # No pre-ping: on these machines every round trip counts; a dropped connection is
     # an infrastructure error that the consumer retries and an HTTP client sees as 5xx.
-    return create_async_engine(url, pool_size=pool_size, max_overflow=10, pool_recycle=1800)
+    # hide_parameters: a database error in a log or trace never shows the values it was
+    # given (amounts, household keys, sealed data).
+    return create_async_engine(
+        url, pool_size=pool_size, max_overflow=10, pool_recycle=1800, hide_parameters=True
+    )
 
 
 def make_session_factory(engine: AsyncEngine) -> async_sessionmaker:
