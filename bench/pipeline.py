@@ -30,10 +30,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from sqlalchemy import text
 
-from services.intake.handlers import import_addresses
-from services.intake.settings import IntakeSettings
 from services.outreach.settings import OutreachSettings
-from shared.db import make_engine, make_session_factory
+from shared.db import make_engine
+from vroeg.addresses import address_rows, import_address_rows
 from vroeg.demo import households, signal_body
 from vroeg.stack import free_port
 
@@ -221,24 +220,12 @@ async def raw_broker(bootstrap: str, count: int, size: int) -> tuple[float, floa
     return count / produced, count / max(consumed, 1e-6)
 
 
-async def register_addresses(homes: list) -> None:
-    """The bench's households lie in the region's address table, as after a CBS import."""
-    engine = make_engine(IntakeSettings().database_url, pool_size=1)
-    try:
-        async with make_session_factory(engine)() as session, session.begin():
-            await import_addresses(
-                session,
-                [(h.postcode.replace(" ", ""), h.huisnummer, h.gemeentecode) for h in homes],
-            )
-    finally:
-        await engine.dispose()
-
-
 async def measure(args: argparse.Namespace, env: dict[str, str]) -> dict:
-    await register_addresses(
-        households(args.latency_samples, random.Random(7))
-        + households(args.signals, random.Random(8))
+    # The bench's households lie in the region's address table, as after a CBS import.
+    homes = households(args.latency_samples, random.Random(7)) + households(
+        args.signals, random.Random(8)
     )
+    await import_address_rows(address_rows(homes))
     partners = [
         add_partner(env, f"Bench {soort}", soort)
         for soort in ("Huur", "Water", "CAK Zorgverzekeringen")

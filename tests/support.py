@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 import httpx
 from sqlalchemy import text
 
-from services.intake.handlers import import_addresses
 from services.intake.settings import IntakeSettings
-from shared.db import make_engine, make_session_factory
+from shared.db import make_engine
+from vroeg.addresses import address_rows, import_address_rows
 from vroeg.demo import DemoHousehold, households, signal_body
 
 T = TypeVar("T")
@@ -78,19 +78,7 @@ def fresh_households(count: int, seed: int) -> list[DemoHousehold]:
 
 def register_addresses(homes: list[DemoHousehold]) -> None:
     """Put the households' addresses in the region's address table, as the CBS import would."""
-
-    async def load() -> None:
-        engine = make_engine(IntakeSettings().database_url, pool_size=1)
-        try:
-            async with make_session_factory(engine)() as session, session.begin():
-                await import_addresses(
-                    session,
-                    [(h.postcode.replace(" ", ""), h.huisnummer, h.gemeentecode) for h in homes],
-                )
-        finally:
-            await engine.dispose()
-
-    asyncio.run(load())
+    asyncio.run(import_address_rows(address_rows(homes)))
 
 
 def signal_for(

@@ -400,18 +400,15 @@ def blacklist_remove(entry_id: str) -> None:
 def addresses_import(path: Path) -> None:
     """Load the CBS file 'buurt, wijk en gemeente bij postcode en huisnummer' (CSV); only
     the region's addresses are kept."""
-    from services.intake import handlers
     from services.intake.addresses import read_cbs_rows
     from shared.region import DRENTHE
+    from vroeg.addresses import import_address_rows
 
     with path.open(encoding="utf-8-sig", newline="") as handle:
         rows = list(read_cbs_rows(handle, DRENTHE))
 
-    async def load() -> int:
-        async with _transaction(_intake_url()) as session:
-            return await handlers.import_addresses(session, rows)
-
-    console.print(f"{asyncio.run(load())} addresses of the region loaded from {path}.")
+    loaded = asyncio.run(import_address_rows(rows))
+    console.print(f"{loaded} addresses of the region loaded from {path}.")
 
 
 @app.command()

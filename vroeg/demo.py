@@ -24,6 +24,7 @@ from services.intake.settings import IntakeSettings
 from shared.db import make_engine, make_session_factory
 from shared.events import utc_now
 from shared.region import DRENTHE
+from vroeg.addresses import address_rows, import_address_rows
 
 DEMO_PARTNERS: tuple[tuple[str, str], ...] = (
     ("Woonstichting Brinkhuis (demo)", "Huur"),
@@ -183,21 +184,11 @@ def load_demo_addresses(path: Path, homes: list[DemoHousehold]) -> int:
     """Write the demo households' addresses as a CBS-style file and import it the way an
     operator imports the real one (`vroeg adressen import`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = [(h.postcode.replace(" ", ""), h.huisnummer, h.gemeentecode) for h in homes]
-    rows.append(EXAMPLE_ADDRESS)  # the address of docs/examples/signaal.json
+    rows = [*address_rows(homes), EXAMPLE_ADDRESS]  # the address of docs/examples/signaal.json
     path.write_text(cbs_csv(rows), encoding="utf-8")
     with path.open(encoding="utf-8", newline="") as handle:
         rows = list(read_cbs_rows(handle, DRENTHE))
-    return asyncio.run(_import(rows))
-
-
-async def _import(rows: list[tuple[str, int, str]]) -> int:
-    engine = make_engine(IntakeSettings().database_url, pool_size=1)
-    try:
-        async with make_session_factory(engine)() as session, session.begin():
-            return await intake.import_addresses(session, rows)
-    finally:
-        await engine.dispose()
+    return asyncio.run(import_address_rows(rows))
 
 
 def demo_households() -> list[DemoHousehold]:

@@ -60,7 +60,7 @@ def issue_token(partner: Partner, settings: IntakeSettings, now: dt.datetime) ->
     return jwt.encode(claims, settings.token_signing_key.get_secret_value(), algorithm="HS256")
 
 
-_UNAUTHORIZED = Problem(
+UNAUTHORIZED = Problem(
     401,
     "Niet geauthenticeerd",
     "Stuur een geldig toegangstoken mee: Authorization: Bearer <token> (zie POST /oauth/token).",
@@ -75,7 +75,7 @@ async def current_partner(
     """The caller as its access token says; `confirm_active` checks it is still enabled."""
     settings: IntakeSettings = request.app.state.runtime.settings
     if credentials is None:
-        raise _UNAUTHORIZED
+        raise UNAUTHORIZED
     try:
         claims = jwt.decode(
             credentials.credentials,
@@ -88,12 +88,11 @@ async def current_partner(
             id=uuid.UUID(claims["sub"]), naam=claims["naam"], soort=claims["soort"]
         )
     except (jwt.PyJWTError, ValueError, KeyError):
-        raise _UNAUTHORIZED from None
+        raise UNAUTHORIZED from None
     request.state.partner_id = str(partner.id)
     return partner
 
 
-UNAUTHORIZED = _UNAUTHORIZED
 
 
 async def confirm_active(session: AsyncSession, partner: PartnerIdentity) -> None:
@@ -101,7 +100,7 @@ async def confirm_active(session: AsyncSession, partner: PartnerIdentity) -> Non
     transaction, so it costs no extra round trip to the database."""
     active = await session.scalar(select(Partner.actief).where(Partner.id == partner.id))
     if not active:
-        raise _UNAUTHORIZED
+        raise UNAUTHORIZED
 
 
 CurrentPartner = Annotated[PartnerIdentity, Depends(current_partner)]
