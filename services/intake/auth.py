@@ -93,8 +93,6 @@ async def current_partner(
     return partner
 
 
-
-
 async def confirm_active(session: AsyncSession, partner: PartnerIdentity) -> None:
     """A disabled partner's token stops working at once: checked in the request's own
     transaction, so it costs no extra round trip to the database."""
