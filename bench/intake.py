@@ -18,16 +18,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import json
 import os
 import random
+import re
+import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from services.intake import handlers
@@ -86,6 +90,11 @@ async def bearer(client: httpx.AsyncClient, partner: dict[str, str]) -> dict[str
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
 
 
+async def token_for(url: str, partner: dict[str, str]) -> str:
+    async with httpx.AsyncClient(base_url=url) as client:
+        return (await bearer(client, partner))["Authorization"].removeprefix("Bearer ")
+
+
 async def single_posts(
     url: str, partner: dict[str, str], homes: list[DemoHousehold], clients: int, total: int
 ) -> tuple[float, list[float]]:
@@ -125,17 +134,55 @@ async def single_posts(
     return total / elapsed, latencies
 
 
-async def count_events(
-    bootstrap: str, partner_id: str, expected: int, started: float
-) -> tuple[float, int]:
+async def ready_consumer(bootstrap: str) -> AIOKafkaConsumer:
+    """A consumer of signal.received on every partition, without a consumer group (a group
+    join takes seconds on this broker and would be counted as publishing time)."""
     consumer = AIOKafkaConsumer(
-        SIGNAL_RECEIVED.name,
-        bootstrap_servers=bootstrap,
-        group_id=f"bench-{uuid.uuid4().hex[:6]}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
     )
     await consumer.start()
+    await consumer.topics()  # fetches the metadata
+    partitions = consumer.partitions_for_topic(SIGNAL_RECEIVED.name) or set()
+    consumer.assign([TopicPartition(SIGNAL_RECEIVED.name, p) for p in partitions])
+    await consumer.seek_to_beginning()
+    return consumer
+
+
+def wrk_posts(
+    url: str, token: str, home: DemoHousehold, clients: int, seconds: int
+) -> dict[str, float] | None:
+    """The same single-signal POSTs from wrk (a native load generator, so the client takes
+    little of the two cores), when wrk is installed (Debian package `wrk`)."""
+    if shutil.which("wrk") is None:
+        return None
+    body = signal_body(
+        home, partner_signaal_id="@ID@", soort="Huur", amount="250.00", signaaldatum=dt.date.today()
+    )
+    script = Path(__file__).with_name("signal_post.lua")
+    completed = subprocess.run(
+        ["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        env={**os.environ, "BENCH_SIGNAL_TEMPLATE": json.dumps(body), "BENCH_TOKEN": token},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out = completed.stdout
+    if "Non-2xx" in out:
+        raise SystemExit(f"wrk saw refusals:\n{out}")
+
+    def ms(label: str) -> float:
+        value = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
+        assert value is not None, out
+        return float(value[1]) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[value[2]]
+
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    assert rate is not None, out
+    return {"rate": float(rate[1]), "p50": ms("50%"), "p99": ms("99%")}
+
+
+async def count_events(
+    consumer: AIOKafkaConsumer, partner_id: str, expected: int, started: float
+) -> tuple[float, int]:
     seen = 0
     size = 0
     marker = f'"partner_id":"{partner_id}"'.encode()
@@ -170,14 +217,16 @@ async def delivery(
     ]
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
         headers = await bearer(client, partner)
+        consumer = await ready_consumer(bootstrap)
         started = time.perf_counter()
-        events = asyncio.create_task(count_events(bootstrap, partner["id"], size, started))
+        events = asyncio.create_task(count_events(consumer, partner["id"], size, started))
         response = await client.post("/api/v1/leveringen", json=bodies, headers=headers)
         accepted = time.perf_counter() - started
         if response.status_code != 202:
             raise SystemExit(f"delivery refused: {response.status_code} {response.text[:300]}")
         location = response.headers["Location"]
-        while (await client.get(location, headers=headers)).json()["status"] != "verwerkt":  # noqa: ASYNC110
+        progress = f"{location}?aantal=0"  # the progress only, not the lines
+        while (await client.get(progress, headers=headers)).json()["status"] != "verwerkt":  # noqa: ASYNC110
             await asyncio.sleep(0.05)  # polling interval of the measurement
         processed = time.perf_counter() - started
         published, event_size = await events
@@ -213,6 +262,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--delivery", type=int, default=10_000)
+    parser.add_argument("--wrk-seconds", type=int, default=10)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-intake-"))
     port = stack.free_port()
@@ -222,6 +272,9 @@ def main() -> None:
             "VROEG_KAFKA_BOOTSTRAP": bootstrap,
             "VROEG_DATABASE_PREFIX": "benchintake",
             "VROEG_OTEL_EXPORTER": "none",
+            # Capacity is measured here, not the per-partner rate limit (tested elsewhere).
+            "VROEG_RATE_LIMIT_PER_S": "1000000",
+            "VROEG_RATE_LIMIT_BURST": "1000000",
         }
     )
     broker = stack.start_broker(port, workdir)
@@ -237,6 +290,9 @@ def main() -> None:
         rate, latencies = asyncio.run(
             single_posts(url, partner, homes, args.clients, args.requests)
         )
+        native = wrk_posts(
+            url, asyncio.run(token_for(url, partner)), homes[0], args.clients, args.wrk_seconds
+        )
         result = asyncio.run(delivery(url, bootstrap, partner, homes, args.delivery))
         event_size = int(result["event_size"])
         raw = asyncio.run(raw_produce(bootstrap, args.delivery, event_size))
@@ -245,10 +301,21 @@ def main() -> None:
         broker.stop()
     quantiles = statistics.quantiles(latencies, n=100)
     published_rate = args.delivery / result["published"]
-    print(f"single POST, {args.clients} clients, {args.requests} signals: {rate:8.0f} signals/s")
+    print(
+        f"single POST, {args.clients} clients (Python httpx), {args.requests} signals: {rate:8.0f} signals/s"
+    )
     print(
         f"  latency p50 {quantiles[49] * 1000:.1f} ms   p99 {quantiles[98] * 1000:.1f} ms   (target p99 < 50 ms)"
     )
+    if native is None:
+        print("  (install wrk for the same load from a native client)")
+    else:
+        print(
+            f"single POST, {args.clients} clients, wrk for {args.wrk_seconds} s: {native['rate']:8.0f} signals/s"
+        )
+        print(
+            f"  latency p50 {native['p50']:.1f} ms   p99 {native['p99']:.1f} ms   (target p99 < 50 ms)"
+        )
     print(f"delivery of {args.delivery} signals ({result['bytes'] / 1e6:.1f} MB JSON):")
     print(f"  accepted (202)            {result['accepted']:6.2f} s")
     print(f"  every line judged         {result['processed']:6.2f} s")

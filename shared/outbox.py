@@ -31,12 +31,14 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    cast,
     delete,
     func,
     insert,
     select,
     text,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -83,6 +85,7 @@ class Outbox:
     def __init__(self, tables: MessagingTables) -> None:
         self.tables = tables
         self._wake = asyncio.Event()
+        self._enqueueing = asyncio.Lock()
 
     async def stage(self, session: AsyncSession, topic: Topic, event: Event) -> None:
         """Write an event to the outbox inside the caller's open transaction."""
@@ -163,10 +166,17 @@ class Outbox:
             ).all()
             if not rows:
                 return 0
-            # Enqueue in id order (keeps per-key order), then wait for every acknowledgement.
-            confirmations = [await self._publish(producer, row) for row in rows]
+            # Enqueue in id order (keeps per-key order; one round enqueues at a time), then
+            # wait for every acknowledgement while the next round may already enqueue.
+            async with self._enqueueing:
+                confirmations = [await self._publish(producer, row) for row in rows]
             await asyncio.gather(*confirmations)
-            await session.execute(delete(outbox).where(outbox.c.id.in_([row.id for row in rows])))
+            # One array parameter, not a thousand: the statement stays the same (and prepared).
+            await session.execute(
+                delete(outbox).where(
+                    outbox.c.id == func.any(cast([row.id for row in rows], ARRAY(BigInteger)))
+                )
+            )
         for row in rows:
             metrics.EVENTS_PUBLISHED.labels(topic=row.topic).inc()
         return len(rows)
@@ -197,18 +207,44 @@ class Outbox:
         batch_size: int,
         poll_interval_s: float,
         linger_s: float = 0.0,
+        rounds_in_flight: int = 1,
     ) -> None:
         """Relay until cancelled; commits in this process wake it, others are polled for.
 
         After a wake-up the relay lingers a moment so that commits arriving together are
-        published in one round (like Kafka's linger.ms), and it refreshes the backlog gauge
-        now and then.
+        published in one round (like Kafka's linger.ms). With `rounds_in_flight` above one,
+        a round selects and enqueues the next rows (skipping the locked ones) while earlier
+        rounds still wait for their acknowledgements and delete their rows; rounds enqueue
+        one after another, so per-key order holds unless a round fails and is retried.
         """
+        async with asyncio.TaskGroup() as rounds:
+            for number in range(rounds_in_flight):
+                rounds.create_task(
+                    self._relay_loop(
+                        session_factory,
+                        producer,
+                        batch_size=batch_size,
+                        poll_interval_s=poll_interval_s,
+                        linger_s=linger_s,
+                        keeps_gauge=number == 0,
+                    )
+                )
+
+    async def _relay_loop(
+        self,
+        session_factory: async_sessionmaker,
+        producer: AIOKafkaProducer,
+        *,
+        batch_size: int,
+        poll_interval_s: float,
+        linger_s: float,
+        keeps_gauge: bool,
+    ) -> None:
         gauge_due = 0.0
         loop = asyncio.get_running_loop()
         while True:
             try:
-                if loop.time() >= gauge_due:
+                if keeps_gauge and loop.time() >= gauge_due:
                     gauge_due = loop.time() + 5
                     async with session_factory() as session:
                         metrics.OUTBOX_PENDING.set(await self.pending(session))

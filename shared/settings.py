@@ -89,6 +89,12 @@ class ServiceSettings(BaseSettings):
     outbox_poll_interval_s: float = Field(
         0.25, description="Relay poll interval; commits in this process wake it at once."
     )
+    outbox_rounds_in_flight: int = Field(
+        2,
+        ge=1,
+        description="Relay rounds at once: one enqueues while another waits for the broker's "
+        "acknowledgements and deletes its rows.",
+    )
     outbox_linger_s: float = Field(
         0.005,
         description="How long the relay waits after a wake-up so that commits arriving together "

@@ -34,6 +34,10 @@ from shared.events import utc_now
 
 router = APIRouter()
 
+# Cursors are compared with database columns; a larger number is refused (400), not a 500.
+INTEGER_MAX = 2**31 - 1  # levering_regels.regel
+BIGINT_MAX = 2**63 - 1  # terugkoppelingen.id
+
 _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 _REFUSALS: dict[int | str, dict[str, Any]] = {
     400: {
@@ -277,12 +281,32 @@ async def deliver_batch(
     response_model=DeliveryStatus,
     tags=["leveringen"],
     summary="Voortgang van een levering, met per signaal de ontvangstbevestiging of de fouten",
-    description="Per regel van de levering: de ontvangstbevestiging, of elk fout veld met de regel. "
-    "Vraag opnieuw op tot status 'verwerkt' is.",
+    description="De voortgang, en per regel van de levering de ontvangstbevestiging of elk fout "
+    "veld met de regel, in regelvolgorde en per bladzijde (aantal, standaard 1000): vraag de "
+    "volgende bladzijde op met vanaf=<volgende>. Vraag opnieuw op tot status 'verwerkt' is; "
+    "met aantal=0 alleen de voortgang.",
     responses={401: _REFUSALS[401], 404: _PROBLEM, 429: _REFUSALS[429]},
 )
 async def delivery_status(
-    request: Request, levering_id: uuid.UUID, partner: LimitedPartner
+    request: Request,
+    levering_id: uuid.UUID,
+    partner: LimitedPartner,
+    vanaf: Annotated[
+        int,
+        Query(
+            ge=0,
+            le=INTEGER_MAX,
+            description="Geef de regels na dit regelnummer (0: vanaf het begin).",
+        ),
+    ] = 0,
+    aantal: Annotated[
+        int,
+        Query(
+            ge=0,
+            le=10_000,
+            description="Hoeveel regels hoogstens; 0 geeft alleen de voortgang.",
+        ),
+    ] = 1000,
 ) -> DeliveryStatus:
     async with request.app.state.runtime.session_factory() as session:
         await confirm_active(session, partner)
@@ -291,12 +315,17 @@ async def delivery_status(
         )
         if delivery is None:
             raise Problem(404, "Niet gevonden", "Geen levering van u met dit id.")
-        lines = list(
-            await session.scalars(
-                select(DeliveryLine)
-                .where(DeliveryLine.levering_id == levering_id)
-                .order_by(DeliveryLine.regel)
+        lines = (
+            list(
+                await session.scalars(
+                    select(DeliveryLine)
+                    .where(DeliveryLine.levering_id == levering_id, DeliveryLine.regel > vanaf)
+                    .order_by(DeliveryLine.regel)
+                    .limit(aantal)
+                )
             )
+            if aantal
+            else []
         )
         signal_ids = [line.signal_id for line in lines if line.signal_id is not None]
         receipts = (
@@ -308,6 +337,7 @@ async def delivery_status(
             else {}
         )
     request.state.audit_object = f"levering:{levering_id}"
+    last = lines[-1].regel if lines else None
     return DeliveryStatus(
         id=delivery.id,
         status=delivery.status,
@@ -319,6 +349,7 @@ async def delivery_status(
         aantal_niet_doorgestuurd=delivery.aantal_niet_doorgestuurd,
         aantal_geweigerd=delivery.aantal_geweigerd,
         signalen=[deliveries.line_receipt(line, receipts) for line in lines],
+        volgende=last if last is not None and len(lines) == aantal else None,
     )
 
 
@@ -335,7 +366,10 @@ async def delivery_status(
 async def feedback(
     request: Request,
     partner: LimitedPartner,
-    vanaf: Annotated[int, Query(ge=0, description="Cursor: het laatste volgnummer dat u had.")] = 0,
+    vanaf: Annotated[
+        int,
+        Query(ge=0, le=BIGINT_MAX, description="Cursor: het laatste volgnummer dat u had."),
+    ] = 0,
     aantal: Annotated[
         int, Query(ge=1, le=1000, description="Hoeveel terugkoppelingen hoogstens.")
     ] = 100,

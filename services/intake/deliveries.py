@@ -193,20 +193,35 @@ class DeliveryWorker:
         return dt.timedelta(seconds=self.settings.delivery_lease_s)
 
     async def process(self, delivery_id: uuid.UUID) -> None:
-        """Process the remaining lines of a delivery, a chunk per transaction."""
+        """Process the lines of a delivery that have no result yet, a chunk per transaction,
+        a few chunks at once. Resuming after a crash skips exactly the committed chunks:
+        a chunk's line results commit with its signals."""
         async with self.session_factory() as session:
             delivery = await session.get(Delivery, delivery_id)
             assert delivery is not None and delivery.inhoud is not None
             partner_row = await session.get(Partner, delivery.partner_id)
             assert partner_row is not None
-            done = delivery.aantal_verwerkt
+            done = set(
+                await session.scalars(
+                    select(DeliveryLine.regel).where(DeliveryLine.levering_id == delivery_id)
+                )
+            )
             raw = await self.vault.open(delivery.inhoud.decode(), DELIVERY_CONTEXT)
             media_type = delivery.formaat
         partner = PartnerIdentity(id=partner_row.id, naam=partner_row.naam, soort=partner_row.soort)
         lines = parse(raw, "text/csv" if media_type == "csv" else "application/json")
+        todo = [(n, line) for n, line in enumerate(lines, start=1) if n not in done]
         size = self.settings.delivery_chunk_size
-        for start in range(done, len(lines), size):
-            await self._process_chunk(delivery_id, partner, lines, start, start + size)
+        chunks = [todo[start : start + size] for start in range(0, len(todo), size)]
+        slots = asyncio.Semaphore(self.settings.delivery_parallel_chunks)
+
+        async def one(chunk: list[tuple[int, Any]]) -> None:
+            async with slots:
+                await self._process_chunk(delivery_id, partner, chunk)
+
+        async with asyncio.TaskGroup() as group:
+            for chunk in chunks:
+                group.create_task(one(chunk))
         async with self.session_factory() as session, session.begin():
             await session.execute(
                 update(Delivery)
@@ -220,15 +235,13 @@ class DeliveryWorker:
         self,
         delivery_id: uuid.UUID,
         partner: PartnerIdentity,
-        lines: list[Any],
-        start: int,
-        end: int,
+        chunk: list[tuple[int, Any]],
     ) -> None:
         now = utc_now()
         parsed: list[tuple[int, SignalIn]] = []
         refused: dict[int, list[dict[str, str]]] = {}
         references: dict[int, str | None] = {}
-        for number, line in enumerate(lines[start:end], start=start + 1):
+        for number, line in chunk:
             references[number] = _reference(line)
             try:
                 parsed.append((number, SignalIn.model_validate(line)))
@@ -294,7 +307,7 @@ class DeliveryWorker:
                 update(Delivery)
                 .where(Delivery.id == delivery_id)
                 .values(
-                    aantal_verwerkt=min(end, len(lines)),
+                    aantal_verwerkt=Delivery.aantal_verwerkt + len(chunk),
                     aantal_doorgestuurd=Delivery.aantal_doorgestuurd + counts["doorgestuurd"],
                     aantal_niet_doorgestuurd=Delivery.aantal_niet_doorgestuurd
                     + counts["niet-doorgestuurd"],

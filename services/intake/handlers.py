@@ -293,6 +293,9 @@ async def _insert_signals_with_events(
     statement; the ids that were new (a repeated partnerSignaalId inserts nothing)."""
     if not rows:
         return set()
+    # In key order, so that two transactions inserting the same partnerSignaalIds (two
+    # chunks of a delivery at once) lock them in the same order and cannot deadlock.
+    rows = sorted(rows, key=lambda row: row["partner_signaal_id"])
     columns: dict[str, Any] = {column: [row[column] for row in rows] for column in _SIGNAL_COLUMNS}
     columns.update(outbox.columns([events[row["id"]] for row in rows]))
     columns["event_ids"] = [row["id"] for row in rows]

@@ -187,7 +187,14 @@ class DeliveryStatus(ApiModel):
     aantal_doorgestuurd: int
     aantal_niet_doorgestuurd: int
     aantal_geweigerd: int
-    signalen: list[DeliveryLineResult]
+    signalen: list[DeliveryLineResult] = Field(
+        description="The processed lines after `vanaf`, in line order, at most `aantal`."
+    )
+    volgende: int | None = Field(
+        None,
+        description="Ask again with vanaf=<volgende> for the next lines; null when this page "
+        "holds the last processed line.",
+    )
 
 
 class FeedbackItem(ApiModel):

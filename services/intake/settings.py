@@ -27,6 +27,12 @@ class IntakeSettings(PersonalDataSettings):
     token_issuer: str = Field("vroeg-intake", description="`iss` of partner access tokens.")
 
     delivery_chunk_size: int = Field(1000, description="Signals of a delivery per transaction.")
+    delivery_parallel_chunks: int = Field(
+        2,
+        ge=1,
+        description="Chunks of one delivery in flight at once (one database connection each); "
+        "while one waits for the database another is validated.",
+    )
     delivery_max_lines: int = Field(100_000, description="Most signals in one delivery.")
     delivery_lease_s: float = Field(
         60, description="A worker's hold on a delivery; another replica takes over after it."

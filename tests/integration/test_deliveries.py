@@ -32,6 +32,17 @@ def finished(client: httpx.Client, location: str, headers: dict[str, str]) -> di
     return poll(status, 60, "the delivery to be processed")
 
 
+def every_line(client: httpx.Client, location: str, headers: dict[str, str]) -> list[dict]:
+    """Page through a processed delivery's lines with vanaf/volgende."""
+    lines: list[dict] = []
+    vanaf: int | None = 0
+    while vanaf is not None:
+        page = client.get(location, params={"vanaf": vanaf}, headers=headers).json()
+        lines.extend(page["signalen"])
+        vanaf = page["volgende"]
+    return lines
+
+
 def flatten(signal: dict, prefix: str = "") -> dict[str, str]:
     cells: dict[str, str] = {}
     for key, value in signal.items():
@@ -67,11 +78,20 @@ def test_a_json_delivery_accepts_the_good_and_names_what_is_wrong_with_the_rest(
         assert response.status_code == 202, response.text
         assert response.json()["aantal"] == 1_203
         status = finished(client, response.headers["Location"], headers)
+        first_page = [line["regel"] for line in status["signalen"]]
+        lines = {
+            line["regel"]: line
+            for line in every_line(client, response.headers["Location"], headers)
+        }
+        progress_only = client.get(
+            response.headers["Location"], params={"aantal": 0}, headers=headers
+        ).json()
     assert status["aantalVerwerkt"] == 1_203
     assert status["aantalGeweigerd"] == 3
     assert status["aantalDoorgestuurd"] == 1_200
-    lines = {line["regel"]: line for line in status["signalen"]}
-    assert len(lines) == 1_203
+    assert first_page == list(range(1, 1_001))  # a page of 1,000 lines by default
+    assert (progress_only["signalen"], progress_only["aantalVerwerkt"]) == ([], 1_203)
+    assert sorted(lines) == list(range(1, 1_204))
     assert [e["name"] for e in lines[8]["fouten"]] == ["persoon.bsn"]
     assert [e["name"] for e in lines[1_101]["fouten"]] == ["adres"]
     assert {e["name"] for e in lines[1_202]["fouten"]} >= {"onbekend", "soort"}
