@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -139,6 +139,11 @@ class _MatchState(Event):
         description="Forwarded to case handling: the clock starts."
     )
     regel: str = Field(description="Which rule made the match what it is, in plain Dutch.")
+    uitleg: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Why, for the caseworker and the audit: the rule and its source, the "
+        "signals it counted (ids only), the month or earlier months that decided it.",
+    )
     signalen: tuple[MatchedSignal, ...] = Field(min_length=1)
 
 

@@ -42,11 +42,23 @@ from shared.outbox import (
     span_for_record,
 )
 from shared.settings import ServiceSettings
-from shared.telemetry import kafka_headers_to_dict
+from shared.telemetry import current_trace_headers, kafka_headers_to_dict
 
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[AsyncSession, Any], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Received:
+    """An event handed to a batch handler, with the trace context of its consumer span:
+    events it causes are staged with these headers, so a trace follows every hop."""
+
+    event: Any
+    trace_headers: dict[str, str]
+
+
+BatchHandler = Callable[[AsyncSession, Sequence[Received]], Awaitable[None]]
 
 # SQLSTATE classes that say "try again later", not "this message is bad":
 # 08 connection, 40 transaction rollback (deadlock, serialization), 53 resources, 57 operator.
@@ -110,8 +122,24 @@ def failure_reason(exc: BaseException) -> str:
 
 @dataclass(frozen=True)
 class Subscription:
+    """A topic and its handler: `handle` takes one event; `handle_many` (if given) takes the
+    fresh events of a batch at once, and is also used, one event at a time, when a batch
+    is isolated record by record."""
+
     topic: Topic
-    handle: Handler
+    handle: Handler | None = None
+    handle_many: BatchHandler | None = None
+
+    def one(self) -> Handler:
+        if self.handle is not None:
+            return self.handle
+        assert self.handle_many is not None, f"{self.topic.name}: no handler"
+        handle_many = self.handle_many
+
+        async def handle(session: AsyncSession, event: Any) -> None:
+            await handle_many(session, [Received(event, current_trace_headers())])
+
+        return handle
 
 
 class _IsolateRecords(Exception):
@@ -140,7 +168,10 @@ class BatchConsumer:
         tables: MessagingTables,
     ) -> None:
         self.settings = settings
-        self.handlers = {s.topic.name: s.handle for s in subscriptions}
+        self.handlers = {s.topic.name: s.one() for s in subscriptions}
+        self.batch_handlers = {
+            s.topic.name: s.handle_many for s in subscriptions if s.handle_many is not None
+        }
         self.session_factory = session_factory
         self.outbox = outbox
         self.tables = tables
@@ -221,15 +252,22 @@ class BatchConsumer:
         fresh = await first_deliveries(
             session, self.tables, [(event.event_id, record.topic) for record, event in decoded]
         )
+        together: dict[str, list[tuple[Received, trace.Span]]] = {}
         for record, event in decoded:
             if event.event_id not in fresh:  # seen before, or twice in this batch
                 outcomes.append((record.topic, "duplicate"))
                 continue
             fresh.discard(event.event_id)
             span = span_for_record(record.topic, kafka_headers_to_dict(record.headers))
+            span.set_attribute("messaging.message.id", str(event.event_id))
+            span.set_attribute("vroeg.gemeentecode", event.gemeentecode)
+            if record.topic in self.batch_handlers:
+                with trace.use_span(span):
+                    headers = current_trace_headers()
+                together.setdefault(record.topic, []).append((Received(event, headers), span))
+                outcomes.append((record.topic, "processed"))
+                continue
             with trace.use_span(span, end_on_exit=True):
-                span.set_attribute("messaging.message.id", str(event.event_id))
-                span.set_attribute("vroeg.gemeentecode", event.gemeentecode)
                 try:
                     await self.handlers[record.topic](session, event)
                 except Exception as exc:
@@ -237,6 +275,16 @@ class BatchConsumer:
                         raise
                     raise _IsolateRecords(spent_on=event.event_id) from exc
             outcomes.append((record.topic, "processed"))
+        for topic, items in together.items():
+            try:
+                await self.batch_handlers[topic](session, [received for received, _ in items])
+            except Exception as exc:
+                if is_infrastructure_error(exc):
+                    raise
+                raise _IsolateRecords from exc
+            finally:
+                for _, span in items:
+                    span.end()
 
     async def _process(
         self,

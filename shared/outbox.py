@@ -99,22 +99,34 @@ class Outbox:
         )
 
     @staticmethod
-    def columns(events: Sequence[tuple[Topic, Event]]) -> dict[str, list[Any]]:
+    def columns(
+        events: Sequence[tuple[Topic, Event]],
+        trace_headers: Sequence[dict[str, str]] | None = None,
+    ) -> dict[str, list[Any]]:
         """Outbox rows as column arrays (topics, keys, payloads, headers) for a statement
-        that stages events together with the state change that causes them."""
-        trace_headers: dict[str, str] = current_trace_headers()
+        that stages events together with the state change that causes them. Each event
+        carries the current trace context, or its own from `trace_headers` (a batch
+        handler passes the context of the event that caused each one)."""
+        contexts = (
+            list(trace_headers)
+            if trace_headers is not None
+            else [current_trace_headers()] * len(events)
+        )
         return {
             "topics": [topic.name for topic, _ in events],
             "keys": [event.household_key for _, event in events],
             "payloads": [encode_event(event) for _, event in events],
             "headers": [
-                json.dumps(trace_headers | {"event_type": event.__class__.__name__})
-                for _, event in events
+                json.dumps(context | {"event_type": event.__class__.__name__})
+                for (_, event), context in zip(events, contexts, strict=True)
             ],
         }
 
     async def stage_many(
-        self, session: AsyncSession, events: Sequence[tuple[Topic, Event]]
+        self,
+        session: AsyncSession,
+        events: Sequence[tuple[Topic, Event]],
+        trace_headers: Sequence[dict[str, str]] | None = None,
     ) -> None:
         """Write several events to the outbox in one statement, in the caller's transaction."""
         if not events:
@@ -125,7 +137,7 @@ class Outbox:
                 "SELECT * FROM unnest(CAST(:topics AS text[]), CAST(:keys AS text[]), "
                 "CAST(:payloads AS bytea[]), CAST(CAST(:headers AS text[]) AS json[]))"
             ),
-            self.columns(events),
+            self.columns(events, trace_headers),
         )
 
     async def stage_raw(

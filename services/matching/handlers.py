@@ -1,140 +1,441 @@
-"""Matching's event handlers: a signal joins its household's open match or opens one."""
+"""Matching's edges: signals in (a batch at a time), matches out.
+
+Per batch, in the consumer's transaction, a fixed number of statements whatever the batch
+size or the history: lock the batch's households (in key order), read their open matches
+and those matches' signals, apply the pure rules (services.matching.domain), write the
+signals, matches and households back, and stage MatchCreated / MatchUpdated for the
+matches that are (or were already) forwarded. A household's signals are handled in the
+order they were published to its partition, so any number of replicas gives the same
+matches as one.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.matching.domain import SignalFact, classify, joins_open_match
-from services.matching.models import Household, Match, MatchSignal
+from services.matching.domain import (
+    MatchState,
+    MunicipalityRules,
+    SignalFact,
+    classify,
+    earliest_window_start,
+    is_due,
+    month_index,
+    place_signals,
+    remembered_months,
+)
+from services.matching.models import FORWARDED, HELD
 from services.matching.settings import MatchingSettings
 from shared.events import (
     MATCH_CREATED,
     MATCH_UPDATED,
+    Event,
     MatchCreated,
     MatchedSignal,
     MatchUpdated,
     SignalReceived,
+    Topic,
+    utc_now,
 )
+from shared.messaging import Received
 from shared.outbox import Outbox
 
+_SIGNAL_COLUMNS = {
+    "signal_id": "uuid",
+    "household_key": "text",
+    "gemeentecode": "text",
+    "match_id": "uuid",
+    "partner_id": "uuid",
+    "partner_naam": "text",
+    "creditor_id": "uuid",
+    "partner_signaal_id": "text",
+    "soort": "text",
+    "energiesoort": "text",
+    "signaaldatum": "date",
+    "achterstand_bedrag": "numeric",
+    "ontvangen_op": "timestamptz",
+}
+_MATCH_COLUMNS = {
+    "id": "uuid",
+    "household_key": "text",
+    "gemeentecode": "text",
+    "status": "text",
+    "soort": "text",
+    "version": "int",
+    "aantal_schuldeisers": "int",
+    "totaal_achterstand": "numeric",
+    "geopend_op": "timestamptz",
+    "doorsturen_op": "timestamptz",
+    "doorgestuurd_op": "timestamptz",
+    "regel": "text",
+    "uitleg": "json",
+}
 
-def _fact(row: MatchSignal) -> SignalFact:
+
+def _unnest(columns: Mapping[str, str]) -> str:
+    """unnest() arguments for column arrays; json travels as text (asyncpg's json[])."""
+    return ", ".join(
+        f"CAST(CAST(:{c} AS text[]) AS json[])" if t == "json" else f"CAST(:{c} AS {t}[])"
+        for c, t in columns.items()
+    )
+
+
+_ADD_HOUSEHOLDS = text(
+    "INSERT INTO households (key, gemeentecode, maanden) "
+    "SELECT k, g, '{}' FROM unnest(CAST(:keys AS text[]), CAST(:gemeenten AS text[])) AS u(k, g) "
+    "ON CONFLICT (key) DO NOTHING"
+)
+# Key order: two transactions that share households lock them in the same order.
+_LOCK_HOUSEHOLDS = text(
+    "SELECT key, maanden FROM households "
+    "WHERE key = ANY(CAST(:keys AS text[])) ORDER BY key FOR UPDATE"
+)
+_KNOWN_SIGNALS = text("SELECT signal_id FROM signals WHERE signal_id = ANY(CAST(:ids AS uuid[]))")
+_RECENT_MATCHES = text(
+    "SELECT id, household_key, status, version, geopend_op, doorsturen_op FROM matches "
+    "WHERE household_key = ANY(CAST(:keys AS text[])) AND doorsturen_op > :since "
+    "ORDER BY id FOR UPDATE"
+)
+_MATCH_SIGNALS = text(
+    f"SELECT {', '.join(_SIGNAL_COLUMNS)} FROM signals WHERE match_id = ANY(CAST(:ids AS uuid[]))"
+)
+_RULES = text(
+    "SELECT gemeentecode, opeenvolgend_maanden, bundeling, bundeling_dagen FROM gemeente_regels "
+    "WHERE gemeentecode = ANY(CAST(:gemeenten AS text[]))"
+)
+_INSERT_SIGNALS = text(
+    f"INSERT INTO signals ({', '.join(_SIGNAL_COLUMNS)}) "
+    f"SELECT * FROM unnest({_unnest(_SIGNAL_COLUMNS)}) ON CONFLICT (signal_id) DO NOTHING"
+)
+_UPSERT_MATCHES = text(
+    f"INSERT INTO matches ({', '.join(_MATCH_COLUMNS)}) "
+    f"SELECT * FROM unnest({_unnest(_MATCH_COLUMNS)}) "
+    "ON CONFLICT (id) DO UPDATE SET status = excluded.status, soort = excluded.soort, "
+    "version = excluded.version, aantal_schuldeisers = excluded.aantal_schuldeisers, "
+    "totaal_achterstand = excluded.totaal_achterstand, doorgestuurd_op = excluded.doorgestuurd_op, "
+    "regel = excluded.regel, uitleg = excluded.uitleg"
+)
+_UPDATE_HOUSEHOLDS = text(
+    "UPDATE households h SET maanden = CAST(u.maanden AS int[]) "
+    "FROM unnest(CAST(:keys AS text[]), CAST(:maanden AS text[])) AS u(key, maanden) "
+    "WHERE h.key = u.key"
+)
+
+
+@dataclass
+class _Match:
+    """A match while a batch is handled: the rules' view plus what the event needs."""
+
+    state: MatchState
+    household_key: str
+    gemeentecode: str
+    status: str
+    doorgestuurd_op: dt.datetime | None
+
+
+def _fact(row: Mapping[str, Any]) -> SignalFact:
     return SignalFact(
-        signal_id=row.signal_id,
-        creditor_id=row.creditor_id,
-        signaaldatum=row.signaaldatum,
-        achterstand_bedrag=row.achterstand_bedrag,
-        ontvangen_op=row.ontvangen_op,
+        signal_id=row["signal_id"],
+        creditor_id=row["creditor_id"],
+        signaaldatum=row["signaaldatum"],
+        achterstand_bedrag=row["achterstand_bedrag"],
+        ontvangen_op=row["ontvangen_op"],
     )
 
 
-def _matched(row: MatchSignal) -> MatchedSignal:
-    return MatchedSignal(
-        signal_id=row.signal_id,
-        partner_id=row.partner_id,
-        partner_naam=row.partner_naam,
-        creditor_id=row.creditor_id,
-        partner_signaal_id=row.partner_signaal_id,
-        soort=row.soort,  # type: ignore[arg-type]
-        energiesoort=row.energiesoort,  # type: ignore[arg-type]
-        signaaldatum=row.signaaldatum,
-        achterstand_bedrag=row.achterstand_bedrag,
-    )
-
-
-async def on_signal_received(
-    session: AsyncSession, event: SignalReceived, *, outbox: Outbox, settings: MatchingSettings
-) -> None:
-    """Add the signal to its household's history and forward the (updated) match."""
-    await session.execute(
-        pg_insert(Household)
-        .values(key=event.household_key, gemeentecode=event.gemeentecode)
-        .on_conflict_do_nothing(index_elements=["key"])
-    )
-    # One household is matched by one transaction at a time, also during a rebalance.
-    await session.execute(
-        select(Household.key).where(Household.key == event.household_key).with_for_update()
-    )
-    history = list(
-        (
-            await session.scalars(
-                select(MatchSignal).where(
-                    MatchSignal.household_key == event.household_key,
-                    MatchSignal.gemeentecode == event.gemeentecode,
-                )
-            )
-        ).all()
-    )
-    if any(row.signal_id == event.signal_id for row in history):
-        return
-    open_match = await session.scalar(
-        select(Match)
-        .where(Match.household_key == event.household_key, Match.gemeentecode == event.gemeentecode)
-        .order_by(Match.doorgestuurd_op.desc())
-        .limit(1)
-    )
-    if open_match is not None and not joins_open_match(
-        event.ontvangen_op, open_match.doorgestuurd_op
-    ):
-        open_match = None
-    is_new = open_match is None
-    if open_match is None:
-        open_match = Match(
-            id=uuid.uuid4(),
-            household_key=event.household_key,
-            gemeentecode=event.gemeentecode,
-            version=0,
-            doorgestuurd_op=event.ontvangen_op,
-        )
-        session.add(open_match)
-    row = MatchSignal(
-        signal_id=event.signal_id,
-        household_key=event.household_key,
-        gemeentecode=event.gemeentecode,
-        match_id=open_match.id,
-        partner_id=event.partner_id,
-        partner_naam=event.partner_naam,
-        creditor_id=event.creditor_id,
-        partner_signaal_id=event.partner_signaal_id,
-        soort=event.soort,
-        energiesoort=event.energiesoort,
-        signaaldatum=event.signaaldatum,
-        achterstand_bedrag=event.achterstand_bedrag,
-        ontvangen_op=event.ontvangen_op,
-    )
-    in_match = [r for r in history if r.match_id == open_match.id] + [row]
-    earlier = [r for r in history if r.match_id != open_match.id]
-    verdict = classify(
-        [_fact(r) for r in in_match],
-        [_fact(r) for r in earlier],
-        settings.consecutive_window_months,
-    )
-    open_match.soort = verdict.soort
-    open_match.aantal_schuldeisers = verdict.aantal_schuldeisers
-    open_match.totaal_achterstand = verdict.totaal_achterstand
-    open_match.regel = verdict.regel
-    open_match.version += 1
-    session.add(row)
-    await session.flush()
-    state = {
-        "gemeentecode": event.gemeentecode,
+def _signal_row(event: SignalReceived) -> dict[str, Any]:
+    return {
+        "signal_id": event.signal_id,
         "household_key": event.household_key,
-        "match_id": open_match.id,
-        "version": open_match.version,
-        "soort": verdict.soort,
-        "aantal_schuldeisers": verdict.aantal_schuldeisers,
-        "totaal_achterstand": verdict.totaal_achterstand,
-        "doorgestuurd_op": open_match.doorgestuurd_op,
-        "regel": verdict.regel,
-        "signalen": tuple(
-            _matched(r) for r in sorted(in_match, key=lambda r: (r.signaaldatum, str(r.signal_id)))
-        ),
+        "gemeentecode": event.gemeentecode,
+        "match_id": None,
+        "partner_id": event.partner_id,
+        "partner_naam": event.partner_naam,
+        "creditor_id": event.creditor_id,
+        "partner_signaal_id": event.partner_signaal_id,
+        "soort": event.soort,
+        "energiesoort": event.energiesoort,
+        "signaaldatum": event.signaaldatum,
+        "achterstand_bedrag": event.achterstand_bedrag,
+        "ontvangen_op": event.ontvangen_op,
     }
-    if is_new:
-        await outbox.stage(session, MATCH_CREATED, MatchCreated(**state))
-    else:
-        await outbox.stage(session, MATCH_UPDATED, MatchUpdated(**state))
+
+
+def _matched(row: Mapping[str, Any]) -> MatchedSignal:
+    return MatchedSignal(
+        signal_id=row["signal_id"],
+        partner_id=row["partner_id"],
+        partner_naam=row["partner_naam"],
+        creditor_id=row["creditor_id"],
+        partner_signaal_id=row["partner_signaal_id"],
+        soort=row["soort"],
+        energiesoort=row["energiesoort"],
+        signaaldatum=row["signaaldatum"],
+        achterstand_bedrag=row["achterstand_bedrag"],
+    )
+
+
+def rules_of(
+    rows: Sequence[Any], gemeenten: Sequence[str], settings: MatchingSettings
+) -> dict[str, MunicipalityRules]:
+    """Each municipality's rules: its own row, or the regional defaults."""
+    default = MunicipalityRules(opeenvolgend_maanden=settings.consecutive_window_months)
+    rules = dict.fromkeys(gemeenten, default)
+    for row in rows:
+        rules[row.gemeentecode] = MunicipalityRules(
+            opeenvolgend_maanden=row.opeenvolgend_maanden,
+            bundeling=row.bundeling,
+            bundeling_dagen=row.bundeling_dagen,
+        )
+    return rules
+
+
+async def on_signals_received(
+    session: AsyncSession,
+    received: Sequence[Received],
+    *,
+    outbox: Outbox,
+    settings: MatchingSettings,
+) -> None:
+    """Add a batch of signals to their households' matches and forward what is due."""
+    now = utc_now()
+    first: dict[uuid.UUID, Received] = {}
+    for item in received:
+        first.setdefault(item.event.signal_id, item)
+    if not first:
+        return
+    known = set(
+        (await session.execute(_KNOWN_SIGNALS, {"ids": list(first)})).scalars()
+    )  # matched before under another event id (a replayed intake event): nothing to do
+    items = [item for signal_id, item in first.items() if signal_id not in known]
+    if not items:
+        return
+    events: list[SignalReceived] = [item.event for item in items]
+    gemeente_of = {e.household_key: e.gemeentecode for e in events}
+    keys = sorted(gemeente_of)
+    await session.execute(
+        _ADD_HOUSEHOLDS, {"keys": keys, "gemeenten": [gemeente_of[k] for k in keys]}
+    )
+    households = {row.key: row for row in await session.execute(_LOCK_HOUSEHOLDS, {"keys": keys})}
+    since = earliest_window_start(item.event.ontvangen_op for item in items)
+    recent = list(await session.execute(_RECENT_MATCHES, {"keys": keys, "since": since}))
+    signal_rows: dict[uuid.UUID, dict[str, Any]] = {}
+    matches: dict[uuid.UUID, _Match] = {}
+    if recent:
+        ids = [row.id for row in recent]
+        for member in (await session.execute(_MATCH_SIGNALS, {"ids": ids})).mappings():
+            signal_rows[member["signal_id"]] = dict(member)
+        by_match: dict[uuid.UUID, list[SignalFact]] = {}
+        for signal_row in signal_rows.values():
+            by_match.setdefault(signal_row["match_id"], []).append(_fact(signal_row))
+        for row in recent:
+            matches[row.id] = _Match(
+                MatchState(
+                    id=row.id,
+                    geopend_op=row.geopend_op,
+                    doorsturen_op=row.doorsturen_op,
+                    signals=sorted(by_match.get(row.id, []), key=lambda f: str(f.signal_id)),
+                    version=row.version,
+                    forwarded=row.status == FORWARDED,
+                ),
+                row.household_key,
+                gemeente_of[row.household_key],
+                row.status,
+                None,
+            )
+    recent_of: dict[str, list[MatchState]] = {}
+    for match in matches.values():
+        recent_of.setdefault(match.household_key, []).append(match.state)
+    gemeenten = sorted(set(gemeente_of.values()))
+    rules = rules_of(
+        list(await session.execute(_RULES, {"gemeenten": gemeenten})), gemeenten, settings
+    )
+
+    by_household: dict[str, list[Received]] = {}
+    for item in items:
+        by_household.setdefault(item.event.household_key, []).append(item)
+        signal_rows[item.event.signal_id] = _signal_row(item.event)
+    touched: list[_Match] = []
+    cause: dict[uuid.UUID, dict[str, str]] = {}  # match id -> trace context of its last signal
+    household_updates: list[tuple[str, list[int]]] = []
+    for key, household_items in by_household.items():
+        household = households[key]
+        step = place_signals(
+            key,
+            recent_of.get(key, []),
+            [_fact(signal_rows[i.event.signal_id]) for i in household_items],
+            rules[gemeente_of[key]],
+        )
+        for signal_id, match_id in step.assignments.items():
+            signal_rows[signal_id]["match_id"] = match_id
+        for item in household_items:
+            cause[step.assignments[item.event.signal_id]] = item.trace_headers
+        months = [*household.maanden, *(month_index(i.event.signaaldatum) for i in household_items)]
+        for state in step.matches:
+            if state.id not in matches:
+                matches[state.id] = _Match(state, key, gemeente_of[key], HELD, None)
+            touched.append(matches[state.id])
+        household_updates.append((key, remembered_months(months, max(months))))
+
+    match_rows: list[dict[str, Any]] = []
+    outgoing: list[tuple[Topic, Event]] = []
+    contexts: list[dict[str, str]] = []
+    months_of = {key: set(m) for key, m in household_updates}
+    for match in touched:
+        state = match.state
+        verdict = classify(
+            state.signals,
+            months_of[match.household_key],
+            rules[match.gemeentecode].opeenvolgend_maanden,
+        )
+        state.version += 1
+        was_forwarded = state.forwarded
+        if not was_forwarded and is_due(state, now):
+            state.forwarded = True
+        match.status = FORWARDED if state.forwarded else HELD
+        match.doorgestuurd_op = state.doorsturen_op if state.forwarded else None
+        match_rows.append(
+            _match_row(
+                match,
+                verdict.soort,
+                verdict.aantal_schuldeisers,
+                verdict.totaal_achterstand,
+                verdict.regel,
+                verdict.uitleg,
+            )
+        )
+        if state.forwarded:
+            event = _match_event(
+                MatchUpdated if was_forwarded else MatchCreated, match, match_rows[-1], signal_rows
+            )
+            outgoing.append((MATCH_UPDATED if was_forwarded else MATCH_CREATED, event))
+            contexts.append(cause[state.id])
+
+    await session.execute(
+        _UPSERT_MATCHES,
+        {column: [row[column] for row in match_rows] for column in _MATCH_COLUMNS},
+    )
+    new_rows = [signal_rows[item.event.signal_id] for item in items]
+    await session.execute(
+        _INSERT_SIGNALS,
+        {column: [row[column] for row in new_rows] for column in _SIGNAL_COLUMNS},
+    )
+    await session.execute(
+        _UPDATE_HOUSEHOLDS,
+        {
+            "keys": [key for key, _ in household_updates],
+            "maanden": ["{" + ",".join(map(str, m)) + "}" for _, m in household_updates],
+        },
+    )
+    await outbox.stage_many(session, outgoing, contexts)
+
+
+def _match_row(
+    match: _Match,
+    soort: str,
+    aantal: int,
+    totaal: Any,
+    regel: str,
+    uitleg: dict[str, Any],
+) -> dict[str, Any]:
+    state = match.state
+    return {
+        "id": state.id,
+        "household_key": match.household_key,
+        "gemeentecode": match.gemeentecode,
+        "status": match.status,
+        "soort": soort,
+        "version": state.version,
+        "aantal_schuldeisers": aantal,
+        "totaal_achterstand": totaal,
+        "geopend_op": state.geopend_op,
+        "doorsturen_op": state.doorsturen_op,
+        "doorgestuurd_op": match.doorgestuurd_op,
+        "regel": regel,
+        "uitleg": json.dumps(uitleg),
+    }
+
+
+def _match_event(
+    kind: type[MatchCreated] | type[MatchUpdated],
+    match: _Match,
+    row: Mapping[str, Any],
+    signal_rows: Mapping[uuid.UUID, Mapping[str, Any]],
+) -> MatchCreated | MatchUpdated:
+    assert match.doorgestuurd_op is not None
+    members = sorted(
+        (signal_rows[f.signal_id] for f in match.state.signals),
+        key=lambda r: (r["signaaldatum"], str(r["signal_id"])),
+    )
+    return kind(
+        gemeentecode=match.gemeentecode,
+        household_key=match.household_key,
+        match_id=match.state.id,
+        version=match.state.version,
+        soort=row["soort"],
+        aantal_schuldeisers=row["aantal_schuldeisers"],
+        totaal_achterstand=row["totaal_achterstand"],
+        doorgestuurd_op=match.doorgestuurd_op,
+        regel=row["regel"],
+        uitleg=json.loads(row["uitleg"]),
+        signalen=tuple(_matched(r) for r in members),
+    )
+
+
+_DUE = text(
+    "SELECT id, household_key, gemeentecode, version, geopend_op, doorsturen_op, soort, "
+    "aantal_schuldeisers, totaal_achterstand, regel, uitleg FROM matches "
+    "WHERE status = :held AND doorsturen_op <= :now ORDER BY doorsturen_op, id "
+    "LIMIT :limit FOR UPDATE SKIP LOCKED"
+)
+_FORWARD = text(
+    "UPDATE matches SET status = :forwarded, doorgestuurd_op = doorsturen_op "
+    "WHERE id = ANY(CAST(:ids AS uuid[]))"
+)
+
+
+async def forward_due(
+    session: AsyncSession, *, outbox: Outbox, now: dt.datetime, limit: int = 500
+) -> int:
+    """Forward the held (bundled) matches whose bundling period has ended; the four-week
+    clock starts at the end of the period. Replicas share the work (SKIP LOCKED); a match
+    that a batch is changing right now waits for the next round."""
+    due = list(await session.execute(_DUE, {"held": HELD, "now": now, "limit": limit}))
+    if not due:
+        return 0
+    ids = [row.id for row in due]
+    members: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    for member in (await session.execute(_MATCH_SIGNALS, {"ids": ids})).mappings():
+        members.setdefault(member["match_id"], []).append(dict(member))
+    await session.execute(_FORWARD, {"forwarded": FORWARDED, "ids": ids})
+    events: list[tuple[Topic, Event]] = []
+    for row in due:
+        signals = sorted(members[row.id], key=lambda r: (r["signaaldatum"], str(r["signal_id"])))
+        events.append(
+            (
+                MATCH_CREATED,
+                MatchCreated(
+                    gemeentecode=row.gemeentecode,
+                    household_key=row.household_key,
+                    match_id=row.id,
+                    version=row.version,
+                    soort=row.soort,
+                    aantal_schuldeisers=row.aantal_schuldeisers,
+                    totaal_achterstand=row.totaal_achterstand,
+                    doorgestuurd_op=row.doorsturen_op,
+                    regel=row.regel,
+                    uitleg=row.uitleg,
+                    signalen=tuple(_matched(r) for r in signals),
+                ),
+            )
+        )
+    await outbox.stage_many(session, events)
+    return len(due)

@@ -1,12 +1,21 @@
-"""Matching's tables: pseudonymous household history only."""
+"""Matching's tables: pseudonymous household history only (keys, creditors, types,
+amounts, dates; no names, no readable addresses).
+
+The cost of matching a signal does not grow with history: a household row keeps the
+months it had signals in (bounded, domain.MONTHS_KEPT), and a signal reads only the
+household's matches whose window can still cover it (an index on household and
+forwarding time) and those matches' signals.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import Date, DateTime, ForeignKey, Integer, Numeric, String
+from sqlalchemy import JSON, Date, DateTime, ForeignKey, Index, Integer, Numeric, String
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import new_metadata
@@ -19,28 +28,37 @@ class Base(DeclarativeBase):
 
 messaging = add_messaging_tables(Base.metadata)
 
+HELD, FORWARDED = "gebundeld", "doorgestuurd"
+
 
 class Household(Base):
-    """One row per household key; locked while one of its signals is matched."""
+    """One row per household key; locked while its signals are matched."""
 
     __tablename__ = "households"
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     gemeentecode: Mapped[str] = mapped_column(String(6))
+    maanden: Mapped[list[int]] = mapped_column(ARRAY(Integer), default=list)
 
 
 class Match(Base):
     __tablename__ = "matches"
+    # A household's recent matches are found by (household, forwarding time).
+    __table_args__ = (Index("ix_matches_household_recent", "household_key", "doorsturen_op"),)
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    household_key: Mapped[str] = mapped_column(ForeignKey("households.key"), index=True)
+    household_key: Mapped[str] = mapped_column(ForeignKey("households.key"))
     gemeentecode: Mapped[str] = mapped_column(String(6), index=True)
+    status: Mapped[str] = mapped_column(String(20))
     soort: Mapped[str] = mapped_column(String(20))
     version: Mapped[int] = mapped_column(Integer)
     aantal_schuldeisers: Mapped[int] = mapped_column(Integer)
     totaal_achterstand: Mapped[Decimal] = mapped_column(Numeric(12, 2))
-    doorgestuurd_op: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    geopend_op: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    doorsturen_op: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    doorgestuurd_op: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     regel: Mapped[str] = mapped_column(String(300))
+    uitleg: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
 class MatchSignal(Base):
@@ -61,3 +79,16 @@ class MatchSignal(Base):
     signaaldatum: Mapped[dt.date] = mapped_column(Date)
     achterstand_bedrag: Mapped[Decimal] = mapped_column(Numeric(12, 2))
     ontvangen_op: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class MunicipalityRule(Base):
+    """A municipality's matching settings; a municipality without a row uses the defaults."""
+
+    __tablename__ = "gemeente_regels"
+
+    gemeentecode: Mapped[str] = mapped_column(String(6), primary_key=True)
+    opeenvolgend_maanden: Mapped[int] = mapped_column(Integer)
+    bundeling: Mapped[str] = mapped_column(String(20))
+    bundeling_dagen: Mapped[int] = mapped_column(Integer, default=0)
+    gewijzigd_op: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    gewijzigd_door: Mapped[str] = mapped_column(String(100))

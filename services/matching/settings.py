@@ -15,6 +15,10 @@ class MatchingSettings(ServiceSettings):
         3,
         ge=1,
         le=6,
-        description="Months looked back for a consecutive match: 3 in the policy plan, "
-        "6 in the national monitor. Per municipality from #4 on.",
+        description="Default months looked back for a consecutive match (3 in the policy "
+        "plan, up to 6 in the national monitor); a municipality's own rule (vroeg matchregels) "
+        "overrides it.",
+    )
+    bundling_check_interval_s: float = Field(
+        5.0, description="How often held (bundled) matches are checked for forwarding."
     )
