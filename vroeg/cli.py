@@ -25,6 +25,8 @@ blacklist_app = typer.Typer(help="The blacklist at the door (audited).")
 addresses_app = typer.Typer(help="The region's address table (routing to municipalities).")
 app.add_typer(partner_app, name="partner")
 app.add_typer(blacklist_app, name="blacklist")
+rules_app = typer.Typer(help="Each municipality's matching rules (consecutive window, bundling).")
+app.add_typer(rules_app, name="matchregels")
 app.add_typer(addresses_app, name="adressen")
 console = Console()
 
@@ -283,6 +285,71 @@ def partner_enable(client_id: str) -> None:
 
 
 BLACKLIST_REASONS = ("weigert-medewerking", "onveilig-contact", "overig")
+
+
+def _matching_url() -> str:
+    from services.matching.settings import MatchingSettings
+
+    return MatchingSettings().database_url
+
+
+@rules_app.command("list")
+def rules_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The matching rules of every municipality of the region."""
+    from services.matching.rules import list_rules
+    from services.matching.settings import MatchingSettings
+
+    async def read() -> list[dict[str, Any]]:
+        async with _transaction(_matching_url()) as session:
+            return await list_rules(session, MatchingSettings())
+
+    rows = asyncio.run(read())
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("gemeente", "naam", "opeenvolgend (maanden)", "bundeling", "bron")
+    for r in rows:
+        bundling = r["bundeling"] + (f" {r['bundelingDagen']}" if r["bundeling"] == "dagen" else "")
+        table.add_row(
+            r["gemeentecode"], r["gemeente"], str(r["opeenvolgendMaanden"]), bundling, r["bron"]
+        )
+    console.print(table)
+
+
+@rules_app.command("set")
+def rules_set(
+    gemeente: Annotated[str, typer.Argument(help="CBS code, e.g. GM1731.")],
+    opeenvolgend: Annotated[
+        int, typer.Option(help="Months looked back for a consecutive match (1-6).")
+    ] = 3,
+    bundeling: Annotated[
+        str, typer.Option(help="geen | einde-maand | dagen (hold new matches before forwarding).")
+    ] = "geen",
+    dagen: Annotated[int, typer.Option(help="Days to hold, with --bundeling dagen.")] = 0,
+) -> None:
+    """Set a municipality's matching rules; signals matched from now on follow them."""
+    from services.matching.domain import MunicipalityRules
+    from services.matching.rules import set_rules
+    from shared.events import utc_now
+
+    if bundeling not in ("geen", "einde-maand", "dagen"):
+        raise typer.BadParameter(
+            "bundeling is geen, einde-maand of dagen", param_hint="--bundeling"
+        )
+    try:
+        rules = MunicipalityRules(opeenvolgend, bundeling, dagen)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+    async def store() -> None:
+        async with _transaction(_matching_url()) as session:
+            await set_rules(session, gemeente, rules, actor=_actor(), now=utc_now())
+
+    try:
+        asyncio.run(store())
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="GEMEENTE") from None
+    console.print(f"Matching rules of {gemeente} set: {rules}")
 
 
 @blacklist_app.command("add")

@@ -270,5 +270,6 @@ def earliest_window_start(received: Iterable[dt.datetime]) -> dt.datetime:
 
 
 def is_due(match: MatchState, now: dt.datetime) -> bool:
-    """A held (bundled) match is forwarded once its bundling period has ended."""
-    return not match.forwarded and match.doorsturen_op <= now
+    """A match is forwarded once its bundling period has ended; without bundling at once
+    (also when the sender's clock runs a little ahead of ours)."""
+    return not match.forwarded and match.doorsturen_op <= max(now, match.geopend_op)
