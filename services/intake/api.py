@@ -69,7 +69,7 @@ def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-def rate_limited(request: Request, partner: CurrentPartner) -> PartnerIdentity:
+async def rate_limited(request: Request, partner: CurrentPartner) -> PartnerIdentity:
     """429 with Retry-After when a partner sends faster than its share (per replica)."""
     wait = request.app.state.rate_limiter.allow(partner.id)
     if wait is not None:

@@ -113,6 +113,40 @@ def test_two_creditors_at_one_address_in_one_month_make_one_multiple_case(
     assert {s["partner"] for s in case["signalen"]} == {landlord["naam"], water["naam"]}
 
 
+def test_one_dwelling_spelled_two_ways_by_two_partners_is_one_case(
+    running_stack: Stack,
+) -> None:
+    # The landlord writes the letter and the floor as the BAG does; the energy supplier's
+    # system puts both in the addition field, in lower case, with a hyphen and a space.
+    landlord = add_partner("Woonstichting Spelling (test)", "Huur")
+    energy = add_partner("Energie Spelling (test)", "Energie")
+    home = fresh_households(1, seed=113)[0]
+    bag = signal_for(home, landlord, "SP-1", amount="410.00")
+    bag["adres"] |= {"huisletter": "A", "huisnummertoevoeging": "1"}
+    messy = signal_for(home, energy, "SP-2", amount="95.10")
+    messy["adres"] |= {
+        "huisnummertoevoeging": "a - 1",
+        "postcode": home.postcode.replace(" ", "").lower(),
+        "straatnaam": home.straatnaam.upper(),
+    }
+    with httpx.Client(base_url=running_stack.url("intake"), timeout=10) as client:
+        for partner, body in ((landlord, bag), (energy, messy)):
+            response = client.post(
+                "/api/v1/signalen",
+                json=body,
+                headers={"Authorization": f"Bearer {token(client, partner)}"},
+            )
+            assert response.status_code == 201, response.text
+
+    def both() -> list[dict] | None:
+        found = cases_with(home.gemeentecode, {"SP-1", "SP-2"})
+        return found if found and len(found[0]["signalen"]) == 2 else None
+
+    [case] = poll(both, 30, "one case with both spellings")
+    assert case["soort"] == "meervoudig"
+    assert Decimal(case["totaalAchterstand"]) == Decimal("505.10")
+
+
 def test_the_partner_hears_its_signal_is_being_handled(running_stack: Stack) -> None:
     partner = add_partner("Waterbedrijf Terugkoppeling (test)", "Water")
     homes = fresh_households(2, seed=13)
