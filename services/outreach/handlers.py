@@ -49,6 +49,7 @@ async def on_match(
     case.aantal_schuldeisers = event.aantal_schuldeisers
     case.totaal_achterstand = event.totaal_achterstand
     case.regel = event.regel
+    case.uitleg = event.uitleg
     known = {s.signal_id for s in case.signalen}
     for signal in event.signalen:
         if signal.signal_id not in known:
@@ -126,6 +127,7 @@ def case_summary(case: Case) -> dict:
         "termijn": case.termijn.isoformat(),
         "status": case.status,
         "regel": case.regel,
+        "uitleg": case.uitleg,
         "signalen": [
             {
                 "partnerSignaalId": s.partner_signaal_id,

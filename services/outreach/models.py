@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import Date, DateTime, ForeignKey, Identity, Integer, Numeric, String, Text
+from sqlalchemy import JSON, Date, DateTime, ForeignKey, Identity, Integer, Numeric, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from shared.db import new_metadata
@@ -34,6 +35,7 @@ class Case(Base):
     aantal_schuldeisers: Mapped[int] = mapped_column(Integer)
     totaal_achterstand: Mapped[Decimal] = mapped_column(Numeric(12, 2))
     regel: Mapped[str] = mapped_column(String(300))
+    uitleg: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     doorgestuurd_op: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     termijn: Mapped[dt.date] = mapped_column(Date, index=True)
     status: Mapped[str] = mapped_column(String(30))

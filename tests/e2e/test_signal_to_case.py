@@ -111,6 +111,9 @@ def test_two_creditors_at_one_address_in_one_month_make_one_multiple_case(
     assert case["aantalSchuldeisers"] == 2
     assert Decimal(case["totaalAchterstand"]) == Decimal("550.25")
     assert {s["partner"] for s in case["signalen"]} == {landlord["naam"], water["naam"]}
+    # the caseworker sees why: the rule, its source, and the two signals it counted
+    assert case["uitleg"]["regel"] == "meervoudig" and case["uitleg"]["bron"]
+    assert len(case["uitleg"]["signalen"]) == 2
 
 
 def test_one_dwelling_spelled_two_ways_by_two_partners_is_one_case(
