@@ -31,6 +31,7 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.intake
+	$(BIN)/python -m bench.matching
 
 clean:
 	rm -rf $(VENV) .vroeg .pytest_cache .ruff_cache .mypy_cache

@@ -263,6 +263,44 @@ def place_signals(
     return HouseholdStep(list(touched.values()), assignments)
 
 
+@dataclass
+class HouseholdResult:
+    """A household after its new signals: the matches they touched, each with its verdict
+    after the last of them, where each signal went, and the months to remember."""
+
+    matches: list[tuple[MatchState, MatchVerdict]]
+    assignments: dict[uuid.UUID, uuid.UUID]
+    months: list[int]
+
+
+def match_household(
+    household_key: str,
+    recent_matches: Sequence[MatchState],
+    months: Iterable[int],
+    new_signals: Sequence[SignalFact],
+    rules: MunicipalityRules,
+) -> HouseholdResult:
+    """Place a household's new signals one at a time, in the order they were published,
+    and classify the match each joined against the months known at that moment. So the
+    outcome is the same however the stream is cut into batches: a batch of n signals
+    gives what n batches of one give (each signal also counts once in `version`)."""
+    known = set(months)
+    candidates = list(recent_matches)
+    verdicts: dict[uuid.UUID, tuple[MatchState, MatchVerdict]] = {}
+    assignments: dict[uuid.UUID, uuid.UUID] = {}
+    for signal in new_signals:
+        [match] = place_signals(household_key, candidates, [signal], rules).matches
+        if all(candidate.id != match.id for candidate in candidates):
+            candidates.append(match)
+        known.add(month_index(signal.signaaldatum))
+        match.version += 1
+        verdicts[match.id] = (match, classify(match.signals, known, rules.opeenvolgend_maanden))
+        assignments[signal.signal_id] = match.id
+    return HouseholdResult(
+        list(verdicts.values()), assignments, remembered_months(known, max(known))
+    )
+
+
 def earliest_window_start(received: Iterable[dt.datetime]) -> dt.datetime:
     """Matches forwarded before this moment can cover none of these signals: only later
     ones need to be read (what keeps the cost of a signal independent of history)."""

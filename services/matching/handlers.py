@@ -23,14 +23,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.matching.domain import (
     MatchState,
+    MatchVerdict,
     MunicipalityRules,
     SignalFact,
-    classify,
     earliest_window_start,
     is_due,
-    month_index,
-    place_signals,
-    remembered_months,
+    match_household,
 )
 from services.matching.models import FORWARDED, HELD
 from services.matching.settings import MatchingSettings
@@ -263,40 +261,32 @@ async def on_signals_received(
     for item in items:
         by_household.setdefault(item.event.household_key, []).append(item)
         signal_rows[item.event.signal_id] = _signal_row(item.event)
-    touched: list[_Match] = []
+    touched: list[tuple[_Match, MatchVerdict]] = []
     cause: dict[uuid.UUID, dict[str, str]] = {}  # match id -> trace context of its last signal
     household_updates: list[tuple[str, list[int]]] = []
     for key, household_items in by_household.items():
-        household = households[key]
-        step = place_signals(
+        result = match_household(
             key,
             recent_of.get(key, []),
+            households[key].maanden,
             [_fact(signal_rows[i.event.signal_id]) for i in household_items],
             rules[gemeente_of[key]],
         )
-        for signal_id, match_id in step.assignments.items():
+        for signal_id, match_id in result.assignments.items():
             signal_rows[signal_id]["match_id"] = match_id
         for item in household_items:
-            cause[step.assignments[item.event.signal_id]] = item.trace_headers
-        months = [*household.maanden, *(month_index(i.event.signaaldatum) for i in household_items)]
-        for state in step.matches:
+            cause[result.assignments[item.event.signal_id]] = item.trace_headers
+        for state, verdict in result.matches:
             if state.id not in matches:
                 matches[state.id] = _Match(state, key, gemeente_of[key], HELD, None)
-            touched.append(matches[state.id])
-        household_updates.append((key, remembered_months(months, max(months))))
+            touched.append((matches[state.id], verdict))
+        household_updates.append((key, result.months))
 
     match_rows: list[dict[str, Any]] = []
     outgoing: list[tuple[Topic, Event]] = []
     contexts: list[dict[str, str]] = []
-    months_of = {key: set(m) for key, m in household_updates}
-    for match in touched:
+    for match, verdict in touched:
         state = match.state
-        verdict = classify(
-            state.signals,
-            months_of[match.household_key],
-            rules[match.gemeentecode].opeenvolgend_maanden,
-        )
-        state.version += 1
         was_forwarded = state.forwarded
         if not was_forwarded and is_due(state, now):
             state.forwarded = True
