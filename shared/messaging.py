@@ -42,7 +42,12 @@ from shared.outbox import (
     span_for_record,
 )
 from shared.settings import ServiceSettings
-from shared.telemetry import current_trace_headers, kafka_headers_to_dict
+from shared.telemetry import (
+    current_trace_headers,
+    kafka_headers_to_dict,
+    trace_headers_of,
+    tracing,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -252,13 +257,20 @@ class BatchConsumer:
         fresh = await first_deliveries(
             session, self.tables, [(event.event_id, record.topic) for record, event in decoded]
         )
-        together: dict[str, list[tuple[Received, trace.Span]]] = {}
+        together: dict[str, list[tuple[Received, trace.Span | None]]] = {}
         for record, event in decoded:
             if event.event_id not in fresh:  # seen before, or twice in this batch
                 outcomes.append((record.topic, "duplicate"))
                 continue
             fresh.discard(event.event_id)
-            span = span_for_record(record.topic, kafka_headers_to_dict(record.headers))
+            incoming = kafka_headers_to_dict(record.headers)
+            if record.topic in self.batch_handlers and not tracing():
+                # no spans to make: what this event causes carries its trace context on
+                received = Received(event, trace_headers_of(incoming))
+                together.setdefault(record.topic, []).append((received, None))
+                outcomes.append((record.topic, "processed"))
+                continue
+            span = span_for_record(record.topic, incoming)
             span.set_attribute("messaging.message.id", str(event.event_id))
             span.set_attribute("vroeg.gemeentecode", event.gemeentecode)
             if record.topic in self.batch_handlers:
@@ -283,8 +295,9 @@ class BatchConsumer:
                     raise
                 raise _IsolateRecords from exc
             finally:
-                for _, span in items:
-                    span.end()
+                for _, record_span in items:
+                    if record_span is not None:
+                        record_span.end()
 
     async def _process(
         self,

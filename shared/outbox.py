@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from sqlalchemy import (
@@ -40,12 +40,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared import metrics
 from shared.events import Event, Topic, encode_event
-from shared.telemetry import context_from_headers, current_trace_headers, tracer
+from shared.telemetry import context_from_headers, current_trace_headers, tracer, tracing
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +76,23 @@ def add_messaging_tables(metadata: MetaData) -> MessagingTables:
         Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     )
     return MessagingTables(outbox=outbox, inbox=inbox)
+
+
+_PARTITIONER = DefaultPartitioner()  # the one aiokafka's producer.send uses by default
+
+
+def _headers_for(row: Any) -> list[tuple[str, bytes]]:
+    """A row's Kafka headers: as stored, and with a publish span's context when tracing."""
+    headers: dict[str, str] = dict(row.headers)
+    if tracing():
+        with tracer(__name__).start_as_current_span(
+            f"{row.topic} publish",
+            context=context_from_headers(headers),
+            kind=SpanKind.PRODUCER,
+            attributes={"messaging.system": "kafka", "messaging.destination.name": row.topic},
+        ):
+            headers.update(current_trace_headers())
+    return [(name, value.encode()) for name, value in headers.items()]
 
 
 class Outbox:
@@ -181,7 +197,7 @@ class Outbox:
             # Enqueue in id order (keeps per-key order; one round enqueues at a time), then
             # wait for every acknowledgement while the next round may already enqueue.
             async with self._enqueueing:
-                confirmations = [await self._publish(producer, row) for row in rows]
+                confirmations = await self._publish_all(producer, rows)
             await asyncio.gather(*confirmations)
             # One array parameter, not a thousand: the statement stays the same (and prepared).
             await session.execute(
@@ -194,22 +210,31 @@ class Outbox:
         return len(rows)
 
     @staticmethod
-    async def _publish(producer: AIOKafkaProducer, row: Any) -> asyncio.Future:
-        """Enqueue one row; the returned future resolves when the broker acknowledged it."""
-        headers: dict[str, str] = dict(row.headers)
-        with tracer(__name__).start_as_current_span(
-            f"{row.topic} publish",
-            context=context_from_headers(headers),
-            kind=SpanKind.PRODUCER,
-            attributes={"messaging.system": "kafka", "messaging.destination.name": row.topic},
-        ):
-            headers.update(current_trace_headers())
-            return await producer.send(
-                row.topic,
-                row.payload,
-                key=row.key.encode(),
-                headers=[(name, value.encode()) for name, value in headers.items()],
-            )
+    async def _publish_all(producer: AIOKafkaProducer, rows: Sequence[Any]) -> list[asyncio.Future]:
+        """Enqueue rows in record batches per topic partition (one future per batch, not per
+        row), each partition's rows in id order; partitions are chosen from the key as
+        `producer.send` would choose them. The futures resolve when the broker acknowledged."""
+        partitions: dict[str, list[int]] = {}
+        for topic in {row.topic for row in rows}:
+            partitions[topic] = sorted(await producer.partitions_for(topic))
+        grouped: dict[tuple[str, int], list[tuple[Any, list[tuple[str, bytes]]]]] = {}
+        for row in rows:
+            key = row.key.encode()
+            all_partitions = partitions[row.topic]
+            partition = _PARTITIONER(key, all_partitions, all_partitions)
+            grouped.setdefault((row.topic, partition), []).append((row, _headers_for(row)))
+        futures: list[asyncio.Future] = []
+        for (topic, partition), items in grouped.items():
+            batch = producer.create_batch()
+            for row, headers in items:
+                record = {"key": row.key.encode(), "value": row.payload, "headers": headers}
+                if batch.append(timestamp=None, **record) is None:  # full: send, start anew
+                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    if batch.append(timestamp=None, **record) is None:
+                        raise ValueError(f"outbox row {row.id} is larger than a record batch")
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+        return futures
 
     async def run_relay(
         self,
@@ -289,15 +314,14 @@ async def first_deliveries(
     """Record a batch of (event id, topic) in the inbox in one statement; the ids not seen before."""
     if not events:
         return set()
-    now = dt.datetime.now(dt.UTC)
     result = await session.execute(
-        pg_insert(tables.inbox)
-        .on_conflict_do_nothing(index_elements=["event_id"])
-        .returning(tables.inbox.c.event_id),
-        [
-            {"event_id": event_id, "topic": topic, "outcome": "processed", "processed_at": now}
-            for event_id, topic in events
-        ],
+        text(
+            f"INSERT INTO {tables.inbox.name} (event_id, topic, outcome, processed_at) "
+            "SELECT e, t, 'processed', now() FROM unnest(CAST(:ids AS uuid[]), "
+            "CAST(:topics AS text[])) AS u(e, t) ON CONFLICT (event_id) DO NOTHING "
+            "RETURNING event_id"
+        ),
+        {"ids": [event_id for event_id, _ in events], "topics": [topic for _, topic in events]},
     )
     return set(result.scalars())
 

@@ -30,6 +30,7 @@ from opentelemetry.sdk.trace.export import (
 from shared.settings import ServiceSettings
 
 _configured = False
+_tracing = False
 
 
 class JsonLinesSpanExporter(SpanExporter):
@@ -80,7 +81,7 @@ def _exporter(settings: ServiceSettings) -> SpanExporter | None:
 
 def configure(settings: ServiceSettings) -> None:
     """Install the tracer provider and JSON logging for this process."""
-    global _configured
+    global _configured, _tracing
     if _configured:
         return
     _configured = True
@@ -100,6 +101,14 @@ def configure(settings: ServiceSettings) -> None:
     delay_ms = 100 if isinstance(exporter, JsonLinesSpanExporter) else 5000
     provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=delay_ms))
     trace.set_tracer_provider(provider)
+    _tracing = True
+
+
+def tracing() -> bool:
+    """Whether this process exports spans. Without an exporter the hot paths skip making
+    spans and pass the trace context they received on unchanged, so a trace stays whole
+    across a service that does not export."""
+    return _tracing
 
 
 def _configure_logging(settings: ServiceSettings) -> None:
@@ -149,6 +158,14 @@ def current_trace_headers() -> dict[str, str]:
 
 def context_from_headers(headers: Mapping[str, str]) -> otel_context.Context:
     return propagate.extract(dict(headers))
+
+
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def trace_headers_of(headers: Mapping[str, str]) -> dict[str, str]:
+    """The W3C trace context among a message's headers."""
+    return {name: headers[name] for name in TRACE_HEADERS if name in headers}
 
 
 def kafka_headers_to_dict(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:

@@ -286,7 +286,8 @@ def match_household(
     gives what n batches of one give (each signal also counts once in `version`)."""
     known = set(months)
     candidates = list(recent_matches)
-    verdicts: dict[uuid.UUID, tuple[MatchState, MatchVerdict]] = {}
+    # a match's verdict is the one after its last signal: the months known at that moment
+    months_then: dict[uuid.UUID, tuple[MatchState, frozenset[int]]] = {}
     assignments: dict[uuid.UUID, uuid.UUID] = {}
     for signal in new_signals:
         [match] = place_signals(household_key, candidates, [signal], rules).matches
@@ -294,10 +295,15 @@ def match_household(
             candidates.append(match)
         known.add(month_index(signal.signaaldatum))
         match.version += 1
-        verdicts[match.id] = (match, classify(match.signals, known, rules.opeenvolgend_maanden))
+        months_then[match.id] = (match, frozenset(known))
         assignments[signal.signal_id] = match.id
     return HouseholdResult(
-        list(verdicts.values()), assignments, remembered_months(known, max(known))
+        [
+            (match, classify(match.signals, then, rules.opeenvolgend_maanden))
+            for match, then in months_then.values()
+        ],
+        assignments,
+        remembered_months(known, max(known)),
     )
 
 

@@ -168,7 +168,7 @@ def _signal_row(event: SignalReceived) -> dict[str, Any]:
 
 
 def _matched(row: Mapping[str, Any]) -> MatchedSignal:
-    return MatchedSignal(
+    return MatchedSignal.model_construct(
         signal_id=row["signal_id"],
         partner_id=row["partner_id"],
         partner_naam=row["partner_naam"],
@@ -304,7 +304,11 @@ async def on_signals_received(
         )
         if state.forwarded:
             event = _match_event(
-                MatchUpdated if was_forwarded else MatchCreated, match, match_rows[-1], signal_rows
+                MatchUpdated if was_forwarded else MatchCreated,
+                match,
+                match_rows[-1],
+                verdict.uitleg,
+                signal_rows,
             )
             outgoing.append((MATCH_UPDATED if was_forwarded else MATCH_CREATED, event))
             contexts.append(cause[state.id])
@@ -358,6 +362,7 @@ def _match_event(
     kind: type[MatchCreated] | type[MatchUpdated],
     match: _Match,
     row: Mapping[str, Any],
+    uitleg: dict[str, Any],
     signal_rows: Mapping[uuid.UUID, Mapping[str, Any]],
 ) -> MatchCreated | MatchUpdated:
     assert match.doorgestuurd_op is not None
@@ -365,7 +370,13 @@ def _match_event(
         (signal_rows[f.signal_id] for f in match.state.signals),
         key=lambda r: (r["signaaldatum"], str(r["signal_id"])),
     )
-    return kind(
+    # Built from validated events and the rules' own results: constructed without a second
+    # validation (consumers validate every event they decode).
+    return kind.model_construct(
+        event_id=uuid.uuid4(),
+        schema_version=1,
+        occurred_at=utc_now(),
+        event_type=kind.model_fields["event_type"].default,
         gemeentecode=match.gemeentecode,
         household_key=match.household_key,
         match_id=match.state.id,
@@ -375,7 +386,7 @@ def _match_event(
         totaal_achterstand=row["totaal_achterstand"],
         doorgestuurd_op=match.doorgestuurd_op,
         regel=row["regel"],
-        uitleg=json.loads(row["uitleg"]),
+        uitleg=uitleg,
         signalen=tuple(_matched(r) for r in members),
     )
 
