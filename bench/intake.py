@@ -275,6 +275,8 @@ def main() -> None:
             # Capacity is measured here, not the per-partner rate limit (tested elsewhere).
             "VROEG_RATE_LIMIT_PER_S": "1000000",
             "VROEG_RATE_LIMIT_BURST": "1000000",
+            # a second replica on the same port later: the kernel spreads the connections
+            "VROEG_HTTP_SHARED_PORT": "true",
         }
     )
     broker = stack.start_broker(port, workdir)
@@ -296,6 +298,11 @@ def main() -> None:
         result = asyncio.run(delivery(url, bootstrap, partner, homes, args.delivery))
         event_size = int(result["event_size"])
         raw = asyncio.run(raw_produce(bootstrap, args.delivery, event_size))
+        running.start_service(BY_NAME["intake"], name="intake-2", port=running.ports["intake"])
+        running.wait_ready(["intake-2"])
+        scaled = wrk_posts(
+            url, asyncio.run(token_for(url, partner)), homes[0], args.clients, args.wrk_seconds
+        )
     finally:
         running.stop()
         broker.stop()
@@ -315,6 +322,14 @@ def main() -> None:
         )
         print(
             f"  latency p50 {native['p50']:.1f} ms   p99 {native['p99']:.1f} ms   (target p99 < 50 ms)"
+        )
+    if scaled is not None:
+        print(
+            f"single POST, {args.clients} clients, wrk, 2 intake replicas on one port: "
+            f"{scaled['rate']:8.0f} signals/s"
+        )
+        print(
+            f"  latency p50 {scaled['p50']:.1f} ms   p99 {scaled['p99']:.1f} ms   (target p99 < 50 ms)"
         )
     print(f"delivery of {args.delivery} signals ({result['bytes'] / 1e6:.1f} MB JSON):")
     print(f"  accepted (202)            {result['accepted']:6.2f} s")

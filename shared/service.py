@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,7 +83,8 @@ def create_service_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        SQLAlchemyInstrumentor().instrument(engine=runtime.engine.sync_engine)
+        if telemetry.tracing():  # without an exporter the instrumentation only costs time
+            SQLAlchemyInstrumentor().instrument(engine=runtime.engine.sync_engine)
         if on_startup is not None:
             await on_startup(app)
         await runtime.broker.start()
@@ -142,7 +144,8 @@ def create_service_app(
     async def prometheus_metrics(request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="health/.*,metrics")
+    if telemetry.tracing():
+        FastAPIInstrumentor.instrument_app(app, excluded_urls="health/.*,metrics")
     return app
 
 
@@ -194,7 +197,7 @@ async def _broker_ok(runtime: Runtime) -> bool:
 
 def serve(app: FastAPI, settings: ServiceSettings) -> None:
     """Run one service process until SIGINT/SIGTERM."""
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.http_host,
         port=settings.http_port,
@@ -203,3 +206,12 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
         timeout_graceful_shutdown=5,
         timeout_keep_alive=30,  # longer than clients keep idle connections (httpx: 5 s)
     )
+    server = uvicorn.Server(config)
+    if not settings.http_shared_port:
+        server.run()
+        return
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listener.bind((settings.http_host, settings.http_port))
+    server.run(sockets=[listener])

@@ -56,6 +56,12 @@ class ServiceSettings(BaseSettings):
         "vroeg", description="Each service's database is named <prefix>_<service>."
     )
     http_host: str = Field("127.0.0.1", description="Interface the HTTP server binds to.")
+    http_shared_port: bool = Field(
+        False,
+        description="Let several replicas on one host listen on the same port (SO_REUSEPORT): "
+        "the kernel spreads new connections over them. Off by default, so that a stray process "
+        "can never quietly take a share of the traffic.",
+    )
     port: int | None = Field(
         None, description="HTTP port; default per service (intake 8001 ... retention 8005)."
     )

@@ -145,9 +145,7 @@ async def token(
         **_REFUSALS,
     },
 )
-async def deliver_signal(
-    request: Request, response: Response, signal: SignalIn, partner: LimitedPartner
-) -> Receipt:
+async def deliver_signal(request: Request, signal: SignalIn, partner: LimitedPartner) -> Response:
     runtime = request.app.state.runtime
     # Autocommit: every statement of accept_signals stands alone (the signal and its event
     # are one statement), which saves the BEGIN and COMMIT round trips.
@@ -173,9 +171,13 @@ async def deliver_signal(
     if outcome.created:
         runtime.outbox.wake()
     request.state.audit_object = f"signaal:{outcome.receipt.id}"
-    response.status_code = 201 if outcome.created else 200
-    response.headers["Location"] = f"/api/v1/signalen/{outcome.receipt.id}"
-    return outcome.receipt
+    # The receipt is already a validated model: serialised once, not validated again.
+    return Response(
+        outcome.receipt.model_dump_json(by_alias=True),
+        status_code=201 if outcome.created else 200,
+        media_type="application/json",
+        headers={"Location": f"/api/v1/signalen/{outcome.receipt.id}"},
+    )
 
 
 @router.get(
