@@ -210,19 +210,18 @@ async def on_signals_received(
         first.setdefault(item.event.signal_id, item)
     if not first:
         return
-    known = set(
-        (await session.execute(_KNOWN_SIGNALS, {"ids": list(first)})).scalars()
-    )  # matched before under another event id (a replayed intake event): nothing to do
-    items = [item for signal_id, item in first.items() if signal_id not in known]
-    if not items:
-        return
-    events: list[SignalReceived] = [item.event for item in items]
-    gemeente_of = {e.household_key: e.gemeentecode for e in events}
+    gemeente_of = {item.event.household_key: item.event.gemeentecode for item in first.values()}
     keys = sorted(gemeente_of)
     await session.execute(
         _ADD_HOUSEHOLDS, {"keys": keys, "gemeenten": [gemeente_of[k] for k in keys]}
     )
+    # Lock first, then ask what is known: a replica that matched one of these signals under
+    # another event id (a replayed intake event, during a rebalance) has committed by now.
     households = {row.key: row for row in await session.execute(_LOCK_HOUSEHOLDS, {"keys": keys})}
+    known = set((await session.execute(_KNOWN_SIGNALS, {"ids": list(first)})).scalars())
+    items = [item for signal_id, item in first.items() if signal_id not in known]
+    if not items:
+        return
     since = earliest_window_start(item.event.ontvangen_op for item in items)
     recent = list(await session.execute(_RECENT_MATCHES, {"keys": keys, "since": since}))
     signal_rows: dict[uuid.UUID, dict[str, Any]] = {}
