@@ -96,10 +96,11 @@ class ServiceSettings(BaseSettings):
         0.25, description="Relay poll interval; commits in this process wake it at once."
     )
     outbox_rounds_in_flight: int = Field(
-        2,
+        1,
         ge=1,
-        description="Relay rounds at once: one enqueues while another waits for the broker's "
-        "acknowledgements and deletes its rows.",
+        description="Relay rounds at once: with 2, one enqueues while another waits for the "
+        "broker's acknowledgements. A failed round is then re-sent after a later one, so one "
+        "key's events can arrive out of order (consumers dedupe, but see ADR 0002).",
     )
     outbox_linger_s: float = Field(
         0.005,

@@ -338,6 +338,13 @@ async def delivery_status(
             if signal_ids
             else {}
         )
+    if delivery.status != deliveries.PROCESSED:
+        # Chunks commit in any order: while lines are still coming, give only the unbroken
+        # run after `vanaf`, so that a cursor never jumps over a line that comes later.
+        unbroken = 0
+        while unbroken < len(lines) and lines[unbroken].regel == vanaf + unbroken + 1:
+            unbroken += 1
+        lines = lines[:unbroken]
     request.state.audit_object = f"levering:{levering_id}"
     last = lines[-1].regel if lines else None
     return DeliveryStatus(

@@ -17,6 +17,7 @@ import io
 import json
 import os
 import uuid
+from collections import Counter
 from typing import Any
 
 import structlog
@@ -44,7 +45,7 @@ _INSERT_LINES = text(
     "INSERT INTO levering_regels (levering_id, regel, partner_signaal_id, signal_id, status, "
     "fouten) SELECT * FROM unnest(CAST(:levering AS uuid[]), CAST(:regel AS int[]), "
     "CAST(:ref AS text[]), CAST(:signal AS uuid[]), CAST(:status AS text[]), "
-    "CAST(CAST(:fouten AS text[]) AS json[])) ON CONFLICT DO NOTHING"
+    "CAST(CAST(:fouten AS text[]) AS json[])) ON CONFLICT DO NOTHING RETURNING status"
 )
 
 
@@ -260,16 +261,13 @@ class DeliveryWorker:
                 levering_id=delivery_id,
             )
             rows = []
-            counts = {"doorgestuurd": 0, "niet-doorgestuurd": 0, "geweigerd": len(refused)}
             for (number, _signal), outcome in zip(parsed, outcomes, strict=True):
                 if isinstance(outcome, handlers.Refused):
                     refused[number] = [
                         {"name": v.name, "code": "regel", "reason": v.reason}
                         for v in outcome.violations
                     ]
-                    counts["geweigerd"] += 1
                     continue
-                counts[outcome.receipt.status] += 1
                 rows.append(
                     {
                         "levering_id": delivery_id,
@@ -291,8 +289,11 @@ class DeliveryWorker:
                 }
                 for number, errors in refused.items()
             )
+            # Count what this transaction wrote: if another replica took the delivery over
+            # (an expired lease) and did this chunk too, its lines are not counted twice.
+            written = Counter[str]()
             if rows:
-                await session.execute(
+                result = await session.execute(
                     _INSERT_LINES,
                     {
                         "levering": [r["levering_id"] for r in rows],
@@ -303,15 +304,16 @@ class DeliveryWorker:
                         "fouten": [json.dumps(r["fouten"]) if r["fouten"] else None for r in rows],
                     },
                 )
+                written.update(result.scalars())
             await session.execute(
                 update(Delivery)
                 .where(Delivery.id == delivery_id)
                 .values(
-                    aantal_verwerkt=Delivery.aantal_verwerkt + len(chunk),
-                    aantal_doorgestuurd=Delivery.aantal_doorgestuurd + counts["doorgestuurd"],
+                    aantal_verwerkt=Delivery.aantal_verwerkt + written.total(),
+                    aantal_doorgestuurd=Delivery.aantal_doorgestuurd + written["doorgestuurd"],
                     aantal_niet_doorgestuurd=Delivery.aantal_niet_doorgestuurd
-                    + counts["niet-doorgestuurd"],
-                    aantal_geweigerd=Delivery.aantal_geweigerd + counts["geweigerd"],
+                    + written["niet-doorgestuurd"],
+                    aantal_geweigerd=Delivery.aantal_geweigerd + written["geweigerd"],
                     lease_tot=utc_now() + self._lease,
                 )
             )

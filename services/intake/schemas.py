@@ -83,7 +83,7 @@ class Address(ApiModel):
     # As partners' systems write it ("2", "A-2", "1 hoog", "bis"): the household key unifies
     # the spellings of one dwelling (shared/household.py, ADR 0006).
     huisnummertoevoeging: (
-        Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9 ./\-]{0,9}$")] | None
+        Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9 ./\-]{0,15}$")] | None
     ) = Field(None, examples=["2"])
     postcode: Postcode = Field(examples=["9411 AB"])
     woonplaats: Text = Field(examples=["Beilen"])

@@ -32,9 +32,11 @@ MATCH_WINDOW = dt.timedelta(days=28)
 # [PLAN] 2 or 3 months (3 by default); [MONITOR] up to six.
 DEFAULT_CONSECUTIVE_MONTHS = 3
 MAX_CONSECUTIVE_MONTHS = 6
-# Months of a household's history that matching keeps: the longest consecutive window
-# plus the months a match can span, so every rule can be applied without older history.
-MONTHS_KEPT = MAX_CONSECUTIVE_MONTHS + 2
+# Months of a household's history that matching keeps, counted back from its latest signal
+# date: the longest consecutive window with room for signals reported late (a signal
+# dated two years before the household's latest one is classified without what lies
+# before that). A bounded list: the cost of a signal does not grow with history.
+MONTHS_KEPT = 24
 
 LOCAL_TIME = ZoneInfo("Europe/Amsterdam")
 MATCH_ID_NAMESPACE = uuid.UUID("0d7a4c1e-56b1-4a55-9a43-6c1f3f0e1b27")
@@ -294,6 +296,7 @@ def match_household(
         if all(candidate.id != match.id for candidate in candidates):
             candidates.append(match)
         known.add(month_index(signal.signaaldatum))
+        known = set(remembered_months(known, max(known)))  # per signal, as a batch of one
         match.version += 1
         months_then[match.id] = (match, frozenset(known))
         assignments[signal.signal_id] = match.id
@@ -311,6 +314,17 @@ def earliest_window_start(received: Iterable[dt.datetime]) -> dt.datetime:
     """Matches forwarded before this moment can cover none of these signals: only later
     ones need to be read (what keeps the cost of a signal independent of history)."""
     return min(received) - MATCH_WINDOW
+
+
+def forwarded_at(match: MatchState, now: dt.datetime) -> dt.datetime:
+    """When a match that is due counts as forwarded, which starts the four weeks [PLAN]
+    'Fase 2'. Without bundling: when its first signal was received (the signal reached the
+    municipality then; every replica gives the same time). After a bundling period: the
+    moment it is actually forwarded, never earlier than the end of the period, so a late
+    forwarding round does not shorten the term."""
+    if match.doorsturen_op == match.geopend_op:
+        return match.geopend_op
+    return max(match.doorsturen_op, now)
 
 
 def is_due(match: MatchState, now: dt.datetime) -> bool:

@@ -27,6 +27,7 @@ from services.matching.domain import (
     MunicipalityRules,
     SignalFact,
     earliest_window_start,
+    forwarded_at,
     is_due,
     match_household,
 )
@@ -98,7 +99,8 @@ _LOCK_HOUSEHOLDS = text(
 )
 _KNOWN_SIGNALS = text("SELECT signal_id FROM signals WHERE signal_id = ANY(CAST(:ids AS uuid[]))")
 _RECENT_MATCHES = text(
-    "SELECT id, household_key, status, version, geopend_op, doorsturen_op FROM matches "
+    "SELECT id, household_key, status, version, geopend_op, doorsturen_op, doorgestuurd_op "
+    "FROM matches "
     "WHERE household_key = ANY(CAST(:keys AS text[])) AND doorsturen_op > :since "
     "ORDER BY id FOR UPDATE"
 )
@@ -111,7 +113,9 @@ _RULES = text(
 )
 _INSERT_SIGNALS = text(
     f"INSERT INTO signals ({', '.join(_SIGNAL_COLUMNS)}) "
-    f"SELECT * FROM unnest({_unnest(_SIGNAL_COLUMNS)}) ON CONFLICT (signal_id) DO NOTHING"
+    # No ON CONFLICT: a signal already in another household's match must fail the batch
+    # (redone record by record, where the known-signal check skips it), not count twice.
+    f"SELECT * FROM unnest({_unnest(_SIGNAL_COLUMNS)})"
 )
 _UPSERT_MATCHES = text(
     f"INSERT INTO matches ({', '.join(_MATCH_COLUMNS)}) "
@@ -246,7 +250,7 @@ async def on_signals_received(
                 row.household_key,
                 gemeente_of[row.household_key],
                 row.status,
-                None,
+                row.doorgestuurd_op,
             )
     recent_of: dict[str, list[MatchState]] = {}
     for match in matches.values():
@@ -290,7 +294,8 @@ async def on_signals_received(
         if not was_forwarded and is_due(state, now):
             state.forwarded = True
         match.status = FORWARDED if state.forwarded else HELD
-        match.doorgestuurd_op = state.doorsturen_op if state.forwarded else None
+        if state.forwarded and match.doorgestuurd_op is None:
+            match.doorgestuurd_op = forwarded_at(state, now)
         match_rows.append(
             _match_row(
                 match,
@@ -393,11 +398,11 @@ def _match_event(
 _DUE = text(
     "SELECT id, household_key, gemeentecode, version, geopend_op, doorsturen_op, soort, "
     "aantal_schuldeisers, totaal_achterstand, regel, uitleg FROM matches "
-    "WHERE status = :held AND doorsturen_op <= :now ORDER BY doorsturen_op, id "
+    "WHERE status = 'gebundeld' AND doorsturen_op <= :now ORDER BY doorsturen_op, id "
     "LIMIT :limit FOR UPDATE SKIP LOCKED"
 )
 _FORWARD = text(
-    "UPDATE matches SET status = :forwarded, doorgestuurd_op = doorsturen_op "
+    "UPDATE matches SET status = :forwarded, doorgestuurd_op = :now "
     "WHERE id = ANY(CAST(:ids AS uuid[]))"
 )
 
@@ -408,14 +413,15 @@ async def forward_due(
     """Forward the held (bundled) matches whose bundling period has ended; the four-week
     clock starts at the end of the period. Replicas share the work (SKIP LOCKED); a match
     that a batch is changing right now waits for the next round."""
-    due = list(await session.execute(_DUE, {"held": HELD, "now": now, "limit": limit}))
+    due = list(await session.execute(_DUE, {"now": now, "limit": limit}))
     if not due:
         return 0
     ids = [row.id for row in due]
     members: dict[uuid.UUID, list[dict[str, Any]]] = {}
     for member in (await session.execute(_MATCH_SIGNALS, {"ids": ids})).mappings():
         members.setdefault(member["match_id"], []).append(dict(member))
-    await session.execute(_FORWARD, {"forwarded": FORWARDED, "ids": ids})
+    # the clock starts now: at the end of the bundling period, or later if this round is late
+    await session.execute(_FORWARD, {"forwarded": FORWARDED, "ids": ids, "now": now})
     events: list[tuple[Topic, Event]] = []
     for row in due:
         signals = sorted(members[row.id], key=lambda r: (r["signaaldatum"], str(r["signal_id"])))
@@ -430,7 +436,7 @@ async def forward_due(
                     soort=row.soort,
                     aantal_schuldeisers=row.aantal_schuldeisers,
                     totaal_achterstand=row.totaal_achterstand,
-                    doorgestuurd_op=row.doorsturen_op,
+                    doorgestuurd_op=now,
                     regel=row.regel,
                     uitleg=row.uitleg,
                     signalen=tuple(_matched(r) for r in signals),

@@ -14,7 +14,18 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, Date, DateTime, ForeignKey, Index, Integer, Numeric, String, text
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    text,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -89,6 +100,15 @@ class MunicipalityRule(Base):
     """A municipality's matching settings; a municipality without a row uses the defaults."""
 
     __tablename__ = "gemeente_regels"
+    # The bounds of domain.MunicipalityRules, also for a row edited by hand: a bad row
+    # would otherwise fail every signal of the municipality.
+    __table_args__ = (
+        CheckConstraint("opeenvolgend_maanden BETWEEN 1 AND 6", name="opeenvolgend_maanden"),
+        CheckConstraint("bundeling IN ('geen', 'einde-maand', 'dagen')", name="bundeling"),
+        CheckConstraint(
+            "bundeling <> 'dagen' OR bundeling_dagen BETWEEN 1 AND 31", name="bundeling_dagen"
+        ),
+    )
 
     gemeentecode: Mapped[str] = mapped_column(String(6), primary_key=True)
     opeenvolgend_maanden: Mapped[int] = mapped_column(Integer)

@@ -192,7 +192,8 @@ def test_an_upgrade_keeps_the_forwarding_time() -> None:
 
 
 def test_only_recent_months_are_remembered() -> None:
-    assert remembered_months([NOV - 20, NOV - 8, NOV - 1, NOV, NOV], NOV) == [NOV - 8, NOV - 1, NOV]
+    kept = remembered_months([NOV - 30, NOV - 24, NOV - 8, NOV - 1, NOV, NOV], NOV)
+    assert kept == [NOV - 24, NOV - 8, NOV - 1, NOV]
 
 
 # --- properties over whole streams ------------------------------------------------------
@@ -369,3 +370,19 @@ def test_how_the_stream_is_cut_into_batches_changes_nothing(
     for months in (1, 3, 6):
         rules = MunicipalityRules(opeenvolgend_maanden=months)
         assert replay(stream, rules, batch) == replay(stream, rules, 1)
+
+
+def test_months_are_trimmed_per_signal_so_a_batch_equals_batches_of_one() -> None:
+    # Found in review: trimming once per batch kept a month that a batch of one had dropped.
+    may_2025 = month_index(dt.date(2025, 5, 1))
+    february = fact(A, dt.date(2026, 2, 10), "100.00", T0)
+    july_reported_late = fact(A, dt.date(2025, 7, 10), "100.00", T0 + dt.timedelta(days=3))
+    together = match_household(
+        "h", [], [may_2025], [february, july_reported_late], MunicipalityRules()
+    )
+    first = match_household("h", [], [may_2025], [february], MunicipalityRules())
+    second = match_household(
+        "h", [m for m, _ in first.matches], first.months, [july_reported_late], MunicipalityRules()
+    )
+    assert [v.soort for _, v in together.matches] == [v.soort for _, v in second.matches]
+    assert together.months == second.months

@@ -26,6 +26,18 @@ def upgrade() -> None:
         sa.Column("gewijzigd_op", sa.DateTime(timezone=True), nullable=False),
         sa.Column("gewijzigd_door", sa.String(length=100), nullable=False),
         sa.PrimaryKeyConstraint("gemeentecode", name=op.f("pk_gemeente_regels")),
+        sa.CheckConstraint(
+            "opeenvolgend_maanden BETWEEN 1 AND 6",
+            name=op.f("ck_gemeente_regels_opeenvolgend_maanden"),
+        ),
+        sa.CheckConstraint(
+            "bundeling IN ('geen', 'einde-maand', 'dagen')",
+            name=op.f("ck_gemeente_regels_bundeling"),
+        ),
+        sa.CheckConstraint(
+            "bundeling <> 'dagen' OR bundeling_dagen BETWEEN 1 AND 31",
+            name=op.f("ck_gemeente_regels_bundeling_dagen"),
+        ),
     )
     op.add_column("households", sa.Column("maanden", postgresql.ARRAY(sa.Integer()), nullable=True))
     op.add_column("matches", sa.Column("status", sa.String(length=20), nullable=True))
