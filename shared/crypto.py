@@ -100,8 +100,16 @@ def _aad(subject: uuid.UUID, key_id: bytes, context: str) -> bytes:
     return subject.bytes + key_id + context.encode()
 
 
-def seal_with(data_key: DataKey, subject: uuid.UUID, plaintext: bytes, context: str) -> str:
-    nonce = os.urandom(_NONCE)
+def seal_with(
+    data_key: DataKey,
+    subject: uuid.UUID,
+    plaintext: bytes,
+    context: str,
+    nonce: bytes | None = None,
+) -> str:
+    """AES-GCM under the person's data key with a fresh random 96-bit nonce: safe for up to
+    2^32 seals under one key (NIST SP 800-38D, 8.3); one person's key seals a handful."""
+    nonce = nonce or os.urandom(_NONCE)
     ciphertext = AESGCM(data_key.key).encrypt(
         nonce, plaintext, _aad(subject, data_key.key_id, context)
     )
@@ -227,8 +235,12 @@ class Vault:
     async def seal_many(self, items: Sequence[tuple[uuid.UUID, bytes]], context: str) -> list[str]:
         """Seal (subject, plaintext) pairs in one key-store round trip at most."""
         keys = await self.data_keys(subject for subject, _ in items)
+        nonces = os.urandom(_NONCE * len(items))  # one read of the random source for all
         return [
-            seal_with(keys[subject], subject, plaintext, context) for subject, plaintext in items
+            seal_with(
+                keys[subject], subject, plaintext, context, nonces[_NONCE * i : _NONCE * (i + 1)]
+            )
+            for i, (subject, plaintext) in enumerate(items)
         ]
 
     async def seal(self, subject: uuid.UUID, plaintext: bytes, context: str) -> str:

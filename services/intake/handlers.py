@@ -39,6 +39,7 @@ from shared.events import (
     Topic,
 )
 from shared.household import DwellingAddress, household_key
+from shared.ids import new_uuids
 from shared.outbox import Outbox
 from shared.region import DRENTHE
 
@@ -207,14 +208,15 @@ async def accept_signals(
         PERSONAL_DATA_CONTEXT,
     )
     rows: list[dict[str, Any]] = []
-    for subject, sealed_text, i in zip(subjects, sealed, candidates, strict=True):
+    ids = new_uuids(len(candidates))
+    for signal_id, subject, sealed_text, i in zip(ids, subjects, sealed, candidates, strict=True):
         signal_in = signals[i]
         verdict = domain.door_verdict(
             keys[i] in blacklisted, signal_in.achterstand_bedrag, last_blocked.get(keys[i])
         )
         rows.append(
             {
-                "id": uuid.uuid4(),
+                "id": signal_id,
                 "partner_id": partner.id,
                 "partner_signaal_id": signal_in.partner_signaal_id,
                 "gemeentecode": routed[i],
@@ -237,7 +239,10 @@ async def accept_signals(
         )
     # Signals and their events in one statement: atomic even without a transaction
     # around it, so the HTTP path can run in autocommit (fewer round trips).
-    events = {row["id"]: _event_for(row, partner) for row in rows}
+    events = {
+        row["id"]: _event_for(row, partner, event_id)
+        for row, event_id in zip(rows, new_uuids(len(rows)), strict=True)
+    }
     created_ids = await _insert_signals_with_events(session, outbox, rows, events)
     earlier = await _existing(
         session, partner.id, [r["partner_signaal_id"] for r in rows if r["id"] not in created_ids]
@@ -337,9 +342,10 @@ async def _existing(
     return {signal.partner_signaal_id: signal for signal in found}
 
 
-def _event_for(row: dict, partner: PartnerIdentity) -> tuple[Topic, Event]:
+def _event_for(row: dict, partner: PartnerIdentity, event_id: uuid.UUID) -> tuple[Topic, Event]:
     if row["status"] == FORWARDED:
         return SIGNAL_RECEIVED, SignalReceived(
+            event_id=event_id,
             gemeentecode=row["gemeentecode"],
             household_key=row["household_key"],
             signal_id=row["id"],
@@ -357,6 +363,7 @@ def _event_for(row: dict, partner: PartnerIdentity) -> tuple[Topic, Event]:
             persoonsgegevens=row["persoonsgegevens"],
         )
     return SIGNAL_BLOCKED, SignalBlocked(
+        event_id=event_id,
         gemeentecode=row["gemeentecode"],
         household_key=row["household_key"],
         signal_id=row["id"],
