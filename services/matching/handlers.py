@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -307,12 +307,13 @@ async def on_signals_received(
             )
         )
         if state.forwarded:
+            assert match.doorgestuurd_op is not None
             event = _match_event(
                 MatchUpdated if was_forwarded else MatchCreated,
-                match,
                 match_rows[-1],
+                match.doorgestuurd_op,
                 verdict.uitleg,
-                signal_rows,
+                (signal_rows[f.signal_id] for f in state.signals),
             )
             outgoing.append((MATCH_UPDATED if was_forwarded else MATCH_CREATED, event))
             contexts.append(cause[state.id])
@@ -364,16 +365,12 @@ def _match_row(
 
 def _match_event(
     kind: type[MatchCreated] | type[MatchUpdated],
-    match: _Match,
     row: Mapping[str, Any],
+    doorgestuurd_op: dt.datetime,
     uitleg: dict[str, Any],
-    signal_rows: Mapping[uuid.UUID, Mapping[str, Any]],
+    members: Iterable[Mapping[str, Any]],
 ) -> MatchCreated | MatchUpdated:
-    assert match.doorgestuurd_op is not None
-    members = sorted(
-        (signal_rows[f.signal_id] for f in match.state.signals),
-        key=lambda r: (r["signaaldatum"], str(r["signal_id"])),
-    )
+    """A match's whole state as an event, from its `matches` row and its signals' rows."""
     # Built from validated events and the rules' own results: constructed without a second
     # validation (consumers validate every event they decode).
     return kind.model_construct(
@@ -381,17 +378,20 @@ def _match_event(
         schema_version=1,
         occurred_at=utc_now(),
         event_type=kind.model_fields["event_type"].default,
-        gemeentecode=match.gemeentecode,
-        household_key=match.household_key,
-        match_id=match.state.id,
-        version=match.state.version,
+        gemeentecode=row["gemeentecode"],
+        household_key=row["household_key"],
+        match_id=row["id"],
+        version=row["version"],
         soort=row["soort"],
         aantal_schuldeisers=row["aantal_schuldeisers"],
         totaal_achterstand=row["totaal_achterstand"],
-        doorgestuurd_op=match.doorgestuurd_op,
+        doorgestuurd_op=doorgestuurd_op,
         regel=row["regel"],
         uitleg=uitleg,
-        signalen=tuple(_matched(r) for r in members),
+        signalen=tuple(
+            _matched(r)
+            for r in sorted(members, key=lambda r: (r["signaaldatum"], str(r["signal_id"])))
+        ),
     )
 
 
@@ -422,26 +422,12 @@ async def forward_due(
         members.setdefault(member["match_id"], []).append(dict(member))
     # the clock starts now: at the end of the bundling period, or later if this round is late
     await session.execute(_FORWARD, {"forwarded": FORWARDED, "ids": ids, "now": now})
-    events: list[tuple[Topic, Event]] = []
-    for row in due:
-        signals = sorted(members[row.id], key=lambda r: (r["signaaldatum"], str(r["signal_id"])))
-        events.append(
-            (
-                MATCH_CREATED,
-                MatchCreated(
-                    gemeentecode=row.gemeentecode,
-                    household_key=row.household_key,
-                    match_id=row.id,
-                    version=row.version,
-                    soort=row.soort,
-                    aantal_schuldeisers=row.aantal_schuldeisers,
-                    totaal_achterstand=row.totaal_achterstand,
-                    doorgestuurd_op=now,
-                    regel=row.regel,
-                    uitleg=row.uitleg,
-                    signalen=tuple(_matched(r) for r in signals),
-                ),
-            )
+    events: list[tuple[Topic, Event]] = [
+        (
+            MATCH_CREATED,
+            _match_event(MatchCreated, dict(row._mapping), now, row.uitleg, members[row.id]),
         )
+        for row in due
+    ]
     await outbox.stage_many(session, events)
     return len(due)
