@@ -339,12 +339,7 @@ async def delivery_status(
             else {}
         )
     if delivery.status != deliveries.PROCESSED:
-        # Chunks commit in any order: while lines are still coming, give only the unbroken
-        # run after `vanaf`, so that a cursor never jumps over a line that comes later.
-        unbroken = 0
-        while unbroken < len(lines) and lines[unbroken].regel == vanaf + unbroken + 1:
-            unbroken += 1
-        lines = lines[:unbroken]
+        lines = lines[: deliveries.unbroken_run([line.regel for line in lines], vanaf)]
     request.state.audit_object = f"levering:{levering_id}"
     last = lines[-1].regel if lines else None
     return DeliveryStatus(

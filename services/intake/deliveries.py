@@ -115,6 +115,17 @@ def parse(body: bytes, media_type: str) -> list[Any]:
     return parse_json(body)
 
 
+def unbroken_run(line_numbers: list[int], after: int) -> int:
+    """How many of these processed line numbers (ascending) follow `after` without a gap.
+
+    Chunks of a delivery commit in any order; while lines are still coming, a page holds
+    only this run, so that a partner's cursor never jumps over a line that comes later."""
+    count = 0
+    while count < len(line_numbers) and line_numbers[count] == after + count + 1:
+        count += 1
+    return count
+
+
 def line_receipt(line: DeliveryLine, receipts: dict[uuid.UUID, dict]) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "regel": line.regel,
