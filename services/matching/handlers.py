@@ -94,14 +94,15 @@ _ADD_HOUSEHOLDS = text(
 )
 # Key order: two transactions that share households lock them in the same order.
 _LOCK_HOUSEHOLDS = text(
-    "SELECT key, maanden FROM households "
+    "SELECT key, gemeentecode, maanden FROM households "
     "WHERE key = ANY(CAST(:keys AS text[])) ORDER BY key FOR UPDATE"
 )
 _KNOWN_SIGNALS = text("SELECT signal_id FROM signals WHERE signal_id = ANY(CAST(:ids AS uuid[]))")
 _RECENT_MATCHES = text(
     "SELECT id, household_key, status, version, geopend_op, doorsturen_op, doorgestuurd_op "
     "FROM matches "
-    "WHERE household_key = ANY(CAST(:keys AS text[])) AND doorsturen_op > :since "
+    "WHERE (household_key, gemeentecode) IN (SELECT * FROM unnest(CAST(:keys AS text[]), "
+    "CAST(:gemeenten AS text[]))) AND doorsturen_op > :since "
     "ORDER BY id FOR UPDATE"
 )
 _MATCH_SIGNALS = text(
@@ -126,9 +127,9 @@ _UPSERT_MATCHES = text(
     "regel = excluded.regel, uitleg = excluded.uitleg"
 )
 _UPDATE_HOUSEHOLDS = text(
-    "UPDATE households h SET maanden = CAST(u.maanden AS int[]) "
-    "FROM unnest(CAST(:keys AS text[]), CAST(:maanden AS text[])) AS u(key, maanden) "
-    "WHERE h.key = u.key"
+    "UPDATE households h SET gemeentecode = u.gemeente, maanden = CAST(u.maanden AS int[]) "
+    "FROM unnest(CAST(:keys AS text[]), CAST(:gemeenten AS text[]), CAST(:maanden AS text[])) "
+    "AS u(key, gemeente, maanden) WHERE h.key = u.key"
 )
 
 
@@ -139,7 +140,6 @@ class _Match:
     state: MatchState
     household_key: str
     gemeentecode: str
-    status: str
     doorgestuurd_op: dt.datetime | None
 
 
@@ -227,7 +227,14 @@ async def on_signals_received(
     if not items:
         return
     since = earliest_window_start(item.event.ontvangen_op for item in items)
-    recent = list(await session.execute(_RECENT_MATCHES, {"keys": keys, "since": since}))
+    # A household's matches within its municipality only (an address that moved to another
+    # municipality, by a boundary change, starts afresh there).
+    recent = list(
+        await session.execute(
+            _RECENT_MATCHES,
+            {"keys": keys, "gemeenten": [gemeente_of[k] for k in keys], "since": since},
+        )
+    )
     signal_rows: dict[uuid.UUID, dict[str, Any]] = {}
     matches: dict[uuid.UUID, _Match] = {}
     if recent:
@@ -249,7 +256,6 @@ async def on_signals_received(
                 ),
                 row.household_key,
                 gemeente_of[row.household_key],
-                row.status,
                 row.doorgestuurd_op,
             )
     recent_of: dict[str, list[MatchState]] = {}
@@ -268,10 +274,12 @@ async def on_signals_received(
     cause: dict[uuid.UUID, dict[str, str]] = {}  # match id -> trace context of its last signal
     household_updates: list[tuple[str, list[int]]] = []
     for key, household_items in by_household.items():
+        household = households[key]
+        same_municipality = household.gemeentecode == gemeente_of[key]
         result = match_household(
             key,
             recent_of.get(key, []),
-            households[key].maanden,
+            household.maanden if same_municipality else [],
             [_fact(signal_rows[i.event.signal_id]) for i in household_items],
             rules[gemeente_of[key]],
         )
@@ -281,7 +289,7 @@ async def on_signals_received(
             cause[result.assignments[item.event.signal_id]] = item.trace_headers
         for state, verdict in result.matches:
             if state.id not in matches:
-                matches[state.id] = _Match(state, key, gemeente_of[key], HELD, None)
+                matches[state.id] = _Match(state, key, gemeente_of[key], None)
             touched.append((matches[state.id], verdict))
         household_updates.append((key, result.months))
 
@@ -293,7 +301,6 @@ async def on_signals_received(
         was_forwarded = state.forwarded
         if not was_forwarded and is_due(state, now):
             state.forwarded = True
-        match.status = FORWARDED if state.forwarded else HELD
         if state.forwarded and match.doorgestuurd_op is None:
             match.doorgestuurd_op = forwarded_at(state, now)
         match_rows.append(
@@ -331,6 +338,7 @@ async def on_signals_received(
         _UPDATE_HOUSEHOLDS,
         {
             "keys": [key for key, _ in household_updates],
+            "gemeenten": [gemeente_of[key] for key, _ in household_updates],
             "maanden": ["{" + ",".join(map(str, m)) + "}" for _, m in household_updates],
         },
     )
@@ -350,7 +358,7 @@ def _match_row(
         "id": state.id,
         "household_key": match.household_key,
         "gemeentecode": match.gemeentecode,
-        "status": match.status,
+        "status": FORWARDED if state.forwarded else HELD,
         "soort": soort,
         "version": state.version,
         "aantal_schuldeisers": aantal,

@@ -242,3 +242,22 @@ async def test_the_match_row_explains_itself_without_personal_data(
     explanation = row.uitleg if isinstance(row.uitleg, dict) else json.loads(row.uitleg)
     assert explanation["bron"] and explanation["maand"] == "2026-11"
     assert "Testpartner" not in json.dumps(explanation)
+
+
+async def test_matches_never_cross_municipalities(
+    sessions: async_sessionmaker, settings: MatchingSettings
+) -> None:
+    # The same address key under another municipality (a boundary change): a match and
+    # history of its own there, nothing joined or counted from the other municipality.
+    home = household()
+    await handle(
+        sessions, settings, signal(home, WONEN, T0 - dt.timedelta(days=40), gemeente="GM1680")
+    )
+    await handle(
+        sessions, settings, signal(home, WONEN, T0 - dt.timedelta(days=5), gemeente="GM1680")
+    )
+    await handle(sessions, settings, signal(home, WATER, T0, gemeente="GM1730"))
+    *_, in_tynaarlo = await staged(sessions)
+    assert in_tynaarlo.gemeentecode == "GM1730"
+    assert (in_tynaarlo.event_type, in_tynaarlo.soort) == ("MatchCreated", "enkelvoudig")
+    assert len(in_tynaarlo.signalen) == 1
