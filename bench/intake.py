@@ -31,9 +31,9 @@ import uuid
 from pathlib import Path
 
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaConsumer
 
+from bench import kafka
 from services.intake import handlers
 from services.intake.settings import IntakeSettings
 from services.registry import BY_NAME
@@ -134,20 +134,6 @@ async def single_posts(
     return total / elapsed, latencies
 
 
-async def ready_consumer(bootstrap: str) -> AIOKafkaConsumer:
-    """A consumer of signal.received on every partition, without a consumer group (a group
-    join takes seconds on this broker and would be counted as publishing time)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    await consumer.topics()  # fetches the metadata
-    partitions = consumer.partitions_for_topic(SIGNAL_RECEIVED.name) or set()
-    consumer.assign([TopicPartition(SIGNAL_RECEIVED.name, p) for p in partitions])
-    await consumer.seek_to_beginning()
-    return consumer
-
-
 def wrk_posts(
     url: str, token: str, home: DemoHousehold, clients: int, seconds: int
 ) -> dict[str, float] | None:
@@ -217,7 +203,7 @@ async def delivery(
     ]
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
         headers = await bearer(client, partner)
-        consumer = await ready_consumer(bootstrap)
+        consumer = await kafka.reader(bootstrap, SIGNAL_RECEIVED.name)
         started = time.perf_counter()
         events = asyncio.create_task(count_events(consumer, partner["id"], size, started))
         response = await client.post("/api/v1/leveringen", json=bodies, headers=headers)
@@ -237,24 +223,6 @@ async def delivery(
         "bytes": len(response.request.content),
         "event_size": event_size,
     }
-
-
-async def raw_produce(bootstrap: str, count: int, size: int) -> float:
-    topic = f"bench.raw.{uuid.uuid4().hex[:6]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    await admin.create_topics([NewTopic(topic, 6, 1)])
-    await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        payload = b"x" * size
-        started = time.perf_counter()
-        futures = [await producer.send(topic, payload, key=str(i).encode()) for i in range(count)]
-        await asyncio.gather(*futures)
-        return count / (time.perf_counter() - started)
-    finally:
-        await producer.stop()
 
 
 def main() -> None:
@@ -297,7 +265,7 @@ def main() -> None:
         )
         result = asyncio.run(delivery(url, bootstrap, partner, homes, args.delivery))
         event_size = int(result["event_size"])
-        raw = asyncio.run(raw_produce(bootstrap, args.delivery, event_size))
+        _, raw = asyncio.run(kafka.produce(bootstrap, args.delivery, event_size))
         running.start_service(BY_NAME["intake"], name="intake-2", port=running.ports["intake"])
         running.wait_ready(["intake-2"])
         scaled = wrk_posts(

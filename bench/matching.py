@@ -45,10 +45,11 @@ from pathlib import Path
 
 import asyncpg
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.engine import make_url
 
+from bench import kafka
 from services.matching.settings import MatchingSettings
 from services.registry import BY_NAME
 from shared.crypto import DataKey, seal_with
@@ -246,29 +247,6 @@ async def publish(bootstrap: str, events: list[tuple[str, bytes]]) -> None:
         await producer.stop()
 
 
-async def raw_consume(bootstrap: str, count: int) -> float:
-    """The same records, read by a plain consumer: no group, every partition assigned."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    try:
-        await consumer.topics()  # fetches the metadata
-        partitions = consumer.partitions_for_topic(SIGNAL_RECEIVED.name) or set()
-        consumer.assign([TopicPartition(SIGNAL_RECEIVED.name, p) for p in partitions])
-        await consumer.seek_to_beginning()
-        received = 0
-        first = None
-        while received < count:
-            batches = await consumer.getmany(timeout_ms=1000, max_records=500)
-            if batches and first is None:
-                first = time.perf_counter()
-            received += sum(len(r) for r in batches.values())
-        return count / (time.perf_counter() - (first or time.perf_counter()))
-    finally:
-        await consumer.stop()
-
-
 def cpu_seconds(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -455,6 +433,8 @@ def main() -> None:
     )
     parser.add_argument("--keep", action="store_true", help="keep the bench databases")
     args = parser.parse_args()
+    if args.profile and not Path(sys.executable).with_name("py-spy").exists():
+        parser.error("--profile needs py-spy in this environment: pip install py-spy")
     households = args.households or max(int(args.history * 0.6), 1)
     households = min(households, max(args.history, 1))
     bench_started = time.monotonic()
@@ -492,7 +472,7 @@ def main() -> None:
                 "history", full, args.signals, workdir, broker, args.profile, args.profile_idle
             ),
         ]
-        raw = asyncio.run(raw_consume(bootstrap, args.signals))
+        raw = asyncio.run(kafka.consume_rate(bootstrap, SIGNAL_RECEIVED.name, args.signals))
     finally:
         broker.stop()
         if not args.keep:

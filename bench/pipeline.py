@@ -26,10 +26,9 @@ import time
 import uuid
 
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from sqlalchemy import text
 
+from bench import kafka
 from services.outreach.settings import OutreachSettings
 from shared.db import make_engine
 from vroeg.addresses import address_rows, import_address_rows
@@ -186,38 +185,8 @@ async def stream(
 
 async def raw_broker(bootstrap: str, count: int, size: int) -> tuple[float, float]:
     """The same number of messages of the same size, produced (acks=all) and consumed."""
-    topic = f"bench.raw.{uuid.uuid4().hex[:6]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    await admin.create_topics([NewTopic(topic, 6, 1)])
-    await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
-    payload = b"x" * size
-    started = time.monotonic()
-    futures = [await producer.send(topic, payload, key=str(i).encode()) for i in range(count)]
-    await asyncio.gather(*futures)
-    produced = time.monotonic() - started
-    await producer.stop()
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=f"raw-{topic}",
-        auto_offset_reset="earliest",
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=1500,
-    )
-    await consumer.start()
-    received = 0
-    first = None
-    while received < count:
-        batches = await consumer.getmany(timeout_ms=1000, max_records=500)
-        if batches and first is None:
-            first = time.monotonic()
-        received += sum(len(r) for r in batches.values())
-    consumed = time.monotonic() - (first or time.monotonic())
-    await consumer.stop()
-    return count / produced, count / max(consumed, 1e-6)
+    topic, produced = await kafka.produce(bootstrap, count, size)
+    return produced, await kafka.consume_rate(bootstrap, topic, count)
 
 
 async def measure(args: argparse.Namespace, env: dict[str, str]) -> dict:

@@ -9,10 +9,11 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Annotated, Any, get_args
 
+import asyncpg
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -35,6 +36,19 @@ PARTNER_TYPES = get_args(SignalKind)
 
 def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def _show(
+    rows: list[dict[str, Any]], as_json: bool, columns: dict[str, Callable[[dict], str]]
+) -> None:
+    """Rows as JSON, or as a table of these columns (header: how to show a row's cell)."""
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*(cell(row) for cell in columns.values()))
+    console.print(table)
 
 
 @app.command()
@@ -172,6 +186,10 @@ async def _transaction(database_url: str) -> AsyncIterator[Any]:
     try:
         async with make_session_factory(engine)() as session, session.begin():
             yield session
+    except asyncpg.InvalidCatalogNameError:
+        name = database_url.rsplit("/", 1)[-1]
+        console.print(f"Database {name} does not exist yet: run `vroeg up` or `vroeg migrate`.")
+        raise typer.Exit(1) from None
     finally:
         await engine.dispose()
 
@@ -241,16 +259,17 @@ def partner_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
                 for p in partners
             ]
 
-    partners = asyncio.run(read())
-    if as_json:
-        _print_json(partners)
-        return
-    table = Table("naam", "type", "kvk", "client_id", "actief")
-    for p in partners:
-        table.add_row(
-            p["naam"], p["type"], p["kvk"] or "", p["client_id"], "ja" if p["actief"] else "nee"
-        )
-    console.print(table)
+    _show(
+        asyncio.run(read()),
+        as_json,
+        {
+            "naam": lambda p: p["naam"],
+            "type": lambda p: p["type"],
+            "kvk": lambda p: p["kvk"] or "",
+            "client_id": lambda p: p["client_id"],
+            "actief": lambda p: "ja" if p["actief"] else "nee",
+        },
+    )
 
 
 def _set_partner_active(client_id: str, active: bool) -> None:
@@ -303,17 +322,19 @@ def rules_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
         async with _transaction(_matching_url()) as session:
             return await list_rules(session, MatchingSettings())
 
-    rows = asyncio.run(read())
-    if as_json:
-        _print_json(rows)
-        return
-    table = Table("gemeente", "naam", "opeenvolgend (maanden)", "bundeling", "bron")
-    for r in rows:
-        bundling = r["bundeling"] + (f" {r['bundelingDagen']}" if r["bundeling"] == "dagen" else "")
-        table.add_row(
-            r["gemeentecode"], r["gemeente"], str(r["opeenvolgendMaanden"]), bundling, r["bron"]
-        )
-    console.print(table)
+    _show(
+        asyncio.run(read()),
+        as_json,
+        {
+            "gemeente": lambda r: r["gemeentecode"],
+            "naam": lambda r: r["gemeente"],
+            "opeenvolgend (maanden)": lambda r: str(r["opeenvolgendMaanden"]),
+            "bundeling": lambda r: (
+                r["bundeling"] + (f" {r['bundelingDagen']}" if r["bundeling"] == "dagen" else "")
+            ),
+            "bron": lambda r: r["bron"],
+        },
+    )
 
 
 @rules_app.command("set")
@@ -425,22 +446,19 @@ def blacklist_list(
                 for e in entries
             ]
 
-    entries = asyncio.run(read())
-    if as_json:
-        _print_json(entries)
-        return
-    table = Table("id", "reden", "begin", "einde", "bron", "ingevoerd door", "toelichting")
-    for e in entries:
-        table.add_row(
-            e["id"],
-            e["reden"],
-            e["begin"],
-            e["einde"],
-            e["bron"],
-            e["ingevoerdDoor"],
-            e["toelichting"] or "",
-        )
-    console.print(table)
+    _show(
+        asyncio.run(read()),
+        as_json,
+        {
+            "id": lambda e: e["id"],
+            "reden": lambda e: e["reden"],
+            "begin": lambda e: e["begin"],
+            "einde": lambda e: e["einde"],
+            "bron": lambda e: e["bron"],
+            "ingevoerd door": lambda e: e["ingevoerdDoor"],
+            "toelichting": lambda e: e["toelichting"] or "",
+        },
+    )
 
 
 @blacklist_app.command("remove")
@@ -496,21 +514,20 @@ def zaken(
             )
             return [handlers.case_summary(case) for case in cases]
 
-    cases = asyncio.run(read())
-    if as_json:
-        _print_json(cases)
-        return
-    table = Table("termijn", "soort", "schuldeisers", "achterstand", "signalen", "zaak")
-    for case in cases:
-        table.add_row(
-            case["termijn"],
-            case["soort"],
-            str(case["aantalSchuldeisers"]),
-            f"€ {case['totaalAchterstand']}",
-            ", ".join(f"{s['partner']} ({s['soort']})" for s in case["signalen"]),
-            case["id"],
-        )
-    console.print(table)
+    _show(
+        asyncio.run(read()),
+        as_json,
+        {
+            "termijn": lambda c: c["termijn"],
+            "soort": lambda c: c["soort"],
+            "schuldeisers": lambda c: str(c["aantalSchuldeisers"]),
+            "achterstand": lambda c: f"€ {c['totaalAchterstand']}",
+            "signalen": lambda c: ", ".join(
+                f"{s['partner']} ({s['soort']})" for s in c["signalen"]
+            ),
+            "zaak": lambda c: c["id"],
+        },
+    )
 
 
 @app.command()

@@ -329,6 +329,8 @@ async def delivery_status(
             if aantal
             else []
         )
+        if delivery.status != deliveries.PROCESSED:
+            lines = lines[: deliveries.unbroken_run([line.regel for line in lines], vanaf)]
         signal_ids = [line.signal_id for line in lines if line.signal_id is not None]
         receipts = (
             {
@@ -338,8 +340,6 @@ async def delivery_status(
             if signal_ids
             else {}
         )
-    if delivery.status != deliveries.PROCESSED:
-        lines = lines[: deliveries.unbroken_run([line.regel for line in lines], vanaf)]
     request.state.audit_object = f"levering:{levering_id}"
     last = lines[-1].regel if lines else None
     return DeliveryStatus(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -65,13 +65,15 @@ class Refused:
 Outcome = Accepted | Refused
 
 
-def receipt_of(signal: Signal) -> Receipt:
+def receipt_of(signal: Signal | Mapping[str, Any]) -> Receipt:
+    """The receipt of a stored signal, or of a row about to be stored."""
+    field = signal.__getitem__ if isinstance(signal, Mapping) else signal.__getattribute__
     return Receipt(
-        id=signal.id,
-        partner_signaal_id=signal.partner_signaal_id,
-        ontvangen_op=signal.ontvangen_op,
-        status=signal.status,  # type: ignore[arg-type]
-        reden=signal.reden,
+        id=field("id"),
+        partner_signaal_id=field("partner_signaal_id"),
+        ontvangen_op=field("ontvangen_op"),
+        status=field("status"),
+        reden=field("reden"),
     )
 
 
@@ -249,7 +251,7 @@ async def accept_signals(
     )
     for i, row in zip(candidates, rows, strict=True):
         if row["id"] in created_ids:
-            outcomes[i] = Accepted(_receipt(row), created=True)
+            outcomes[i] = Accepted(receipt_of(row), created=True)
         else:  # same partnerSignaalId as an earlier delivery, or twice in this one
             outcomes[i] = Accepted(receipt_of(earlier[row["partner_signaal_id"]]), created=False)
     return [outcome for outcome in outcomes if outcome is not None]
@@ -317,16 +319,6 @@ def _insert_statement(outbox_table: str) -> TextClause:
 
 PERSONAL_FIELDS = {"persoon", "adres", "contact", "klantnummer"}
 PERSONAL_DATA_CONTEXT = "signaal.persoonsgegevens"
-
-
-def _receipt(row: dict) -> Receipt:
-    return Receipt(
-        id=row["id"],
-        partner_signaal_id=row["partner_signaal_id"],
-        ontvangen_op=row["ontvangen_op"],
-        status=row["status"],
-        reden=row["reden"],
-    )
 
 
 async def _existing(
