@@ -44,6 +44,7 @@ from shared.outbox import (
 from shared.settings import ServiceSettings
 from shared.telemetry import (
     current_trace_headers,
+    error_fields,
     kafka_headers_to_dict,
     trace_headers_of,
     tracing,
@@ -224,7 +225,7 @@ class BatchConsumer:
                             await self._process(session, record, outcomes, isolate.spent_on)
             except Exception as exc:
                 if not is_infrastructure_error(exc):
-                    log.exception("unexpected batch failure", group=self.group_id)
+                    log.error("unexpected batch failure", group=self.group_id, **error_fields(exc))
                 metrics.CONSUMER_RETRIES.labels(group=self.group_id).inc()
                 log.warning(
                     "batch rolled back, will retry",

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import threading
+import traceback
 from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,21 @@ def current_trace_headers() -> dict[str, str]:
 
 def context_from_headers(headers: Mapping[str, str]) -> otel_context.Context:
     return propagate.extract(dict(headers))
+
+
+def error_fields(exc: BaseException) -> dict[str, str]:
+    """What a log line may say about an exception: its type, its SQLSTATE and where it
+    was raised, never its message (a database error's detail can quote the row's values)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:  # the first that happened
+        exc = exc.exceptions[0]
+    fields = {"error": type(exc).__name__}
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    if sqlstate:
+        fields["sqlstate"] = str(sqlstate)
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        fields["raised_at"] = f"{frames[-1].filename}:{frames[-1].lineno} {frames[-1].name}"
+    return fields
 
 
 TRACE_HEADERS = ("traceparent", "tracestate")

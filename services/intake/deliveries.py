@@ -34,6 +34,7 @@ from services.intake.settings import IntakeSettings
 from shared.crypto import Vault
 from shared.events import utc_now
 from shared.outbox import Outbox
+from shared.telemetry import error_fields
 
 log = structlog.get_logger(__name__)
 
@@ -170,8 +171,8 @@ class DeliveryWorker:
                     continue
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("delivery processing failed; will retry")
+            except Exception as exc:
+                log.error("delivery processing failed; will retry", **error_fields(exc))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
