@@ -105,14 +105,7 @@ class Outbox:
 
     async def stage(self, session: AsyncSession, topic: Topic, event: Event) -> None:
         """Write an event to the outbox inside the caller's open transaction."""
-        await session.execute(
-            insert(self.tables.outbox).values(
-                topic=topic.name,
-                key=event.household_key,
-                payload=encode_event(event),
-                headers={**current_trace_headers(), "event_type": event.__class__.__name__},
-            )
-        )
+        await self.stage_many(session, [(topic, event)])
 
     @staticmethod
     def columns(
