@@ -1,14 +1,16 @@
 """Kafka wiring: the broker, and consumers that commit offsets only after their own
 database transaction committed.
 
-Per batch of records, in one database transaction:
+A batch may be split by household key into lanes (`consumer_lanes`), each in its own database
+transaction, run side by side; the offsets are committed once every lane committed. Per
+lane, in one database transaction:
 - each record is decoded; one that cannot be decoded goes to the dead-letter topic;
 - the inbox drops an event id seen before (redelivery, a relay that published twice);
 - the handler runs in a savepoint, up to `consumer_max_attempts` times; a message that
   keeps failing goes to the dead-letter topic with the reason, the batch goes on;
 - then the transaction commits and only then is the Kafka offset committed.
-An infrastructure error (database or broker unreachable, deadlock) rolls the whole batch
-back, rewinds the partitions and retries with backoff: the message is not at fault, so it
+An infrastructure error (database or broker unreachable, deadlock) rolls the lane back,
+rewinds the partitions and retries with backoff: the message is not at fault, so it
 is never dead-lettered for it.
 Dead letters themselves go through the outbox, so they are as safe as any other event.
 """
@@ -16,6 +18,7 @@ Dead letters themselves go through the outbox, so they are as safe as any other 
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -148,6 +151,19 @@ class Subscription:
         return handle
 
 
+def lanes_of(records: Sequence[Any], lanes: int) -> list[list[Any]]:
+    """Split a batch into at most `lanes` parts by record key, keeping the records of one
+    key in their order. Every event's key is its household key, on every topic: a
+    household's events always fall in one lane, so lanes never wait for each other's
+    households and per-household order holds as in one transaction."""
+    if lanes <= 1:
+        return [list(records)] if records else []
+    parts: list[list[Any]] = [[] for _ in range(lanes)]
+    for record in records:
+        parts[zlib.crc32(record.key or b"") % lanes].append(record)
+    return [part for part in parts if part]
+
+
 class _IsolateRecords(Exception):
     """A batch holds a message that cannot be processed: handle it record by record.
 
@@ -213,17 +229,16 @@ class BatchConsumer:
         with metrics.BATCH_SECONDS.labels(group=self.group_id).time():
             outcomes: list[tuple[str, str]] = []
             try:
-                try:
-                    async with self.session_factory() as session, session.begin():
-                        await self._process_batch(session, records, outcomes)
-                except _IsolateRecords as isolate:
-                    # Something in the batch is poison: redo it record by record, each in
-                    # a savepoint, so only the poison goes to the dead-letter topic.
-                    outcomes.clear()
-                    async with self.session_factory() as session, session.begin():
-                        for record in records:
-                            await self._process(session, record, outcomes, isolate.spent_on)
+                lanes = lanes_of(records, self.settings.consumer_lanes)
+                results = await asyncio.gather(
+                    *(self._transaction(lane) for lane in lanes), return_exceptions=True
+                )
+                for result in results:  # every lane has ended: committed or rolled back
+                    if isinstance(result, BaseException):
+                        raise result
+                    outcomes.extend(result)
             except Exception as exc:
+                # Lanes that committed are redelivered with the rest; their inbox drops them.
                 if not is_infrastructure_error(exc):
                     log.error("unexpected batch failure", group=self.group_id, **error_fields(exc))
                 metrics.CONSUMER_RETRIES.labels(group=self.group_id).inc()
@@ -245,6 +260,21 @@ class BatchConsumer:
             await msg.ack()
         except KafkaError as exc:  # partitions moved away: the new owner's inbox dedupes
             log.warning("offset commit failed", group=self.group_id, error=type(exc).__name__)
+
+    async def _transaction(self, records: Sequence[Any]) -> list[tuple[str, str]]:
+        """One lane of a batch in one database transaction; its outcomes once committed."""
+        outcomes: list[tuple[str, str]] = []
+        try:
+            async with self.session_factory() as session, session.begin():
+                await self._process_batch(session, records, outcomes)
+        except _IsolateRecords as isolate:
+            # Something in the lane is poison: redo it record by record, each in a
+            # savepoint, so only the poison goes to the dead-letter topic.
+            outcomes.clear()
+            async with self.session_factory() as session, session.begin():
+                for record in records:
+                    await self._process(session, record, outcomes, isolate.spent_on)
+        return outcomes
 
     async def _process_batch(
         self, session: AsyncSession, records: Sequence[Any], outcomes: list[tuple[str, str]]

@@ -76,6 +76,13 @@ class ServiceSettings(BaseSettings):
     )
     log_level: str = Field("INFO", description="Log level of the structured (JSON) logs.")
     consumer_batch_size: int = Field(500, description="Most records a consumer takes per batch.")
+    consumer_lanes: int = Field(
+        1,
+        ge=1,
+        le=6,
+        description="Transactions a batch is split into, by household key, run side by side: one "
+        "lane's database round trips overlap another's work.",
+    )
     consumer_max_attempts: int = Field(
         3, description="Attempts at one message before it goes to the dead-letter topic."
     )

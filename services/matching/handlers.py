@@ -44,6 +44,7 @@ from shared.events import (
     Topic,
     utc_now,
 )
+from shared.ids import new_uuids
 from shared.messaging import Received
 from shared.outbox import Outbox
 
@@ -294,6 +295,7 @@ async def on_signals_received(
         household_updates.append((key, result.months))
 
     match_rows: list[dict[str, Any]] = []
+    event_ids = iter(new_uuids(len(touched)))
     outgoing: list[tuple[Topic, Event]] = []
     contexts: list[dict[str, str]] = []
     for match, verdict in touched:
@@ -321,6 +323,8 @@ async def on_signals_received(
                 match.doorgestuurd_op,
                 verdict.uitleg,
                 (signal_rows[f.signal_id] for f in state.signals),
+                event_id=next(event_ids),
+                now=now,
             )
             outgoing.append((MATCH_UPDATED if was_forwarded else MATCH_CREATED, event))
             contexts.append(cause[state.id])
@@ -377,14 +381,17 @@ def _match_event(
     doorgestuurd_op: dt.datetime,
     uitleg: dict[str, Any],
     members: Iterable[Mapping[str, Any]],
+    *,
+    event_id: uuid.UUID,
+    now: dt.datetime,
 ) -> MatchCreated | MatchUpdated:
     """A match's whole state as an event, from its `matches` row and its signals' rows."""
     # Built from validated events and the rules' own results: constructed without a second
     # validation (consumers validate every event they decode).
     return kind.model_construct(
-        event_id=uuid.uuid4(),
+        event_id=event_id,
         schema_version=1,
-        occurred_at=utc_now(),
+        occurred_at=now,
         event_type=kind.model_fields["event_type"].default,
         gemeentecode=row["gemeentecode"],
         household_key=row["household_key"],
@@ -433,9 +440,17 @@ async def forward_due(
     events: list[tuple[Topic, Event]] = [
         (
             MATCH_CREATED,
-            _match_event(MatchCreated, dict(row._mapping), now, row.uitleg, members[row.id]),
+            _match_event(
+                MatchCreated,
+                dict(row._mapping),
+                now,
+                row.uitleg,
+                members[row.id],
+                event_id=event_id,
+                now=now,
+            ),
         )
-        for row in due
+        for row, event_id in zip(due, new_uuids(len(due)), strict=True)
     ]
     await outbox.stage_many(session, events)
     return len(due)

@@ -63,7 +63,7 @@ class Match(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     household_key: Mapped[str] = mapped_column(ForeignKey("households.key"))
-    gemeentecode: Mapped[str] = mapped_column(String(6), index=True)
+    gemeentecode: Mapped[str] = mapped_column(String(6))
     status: Mapped[str] = mapped_column(String(20))
     soort: Mapped[str] = mapped_column(String(20))
     version: Mapped[int] = mapped_column(Integer)
@@ -82,7 +82,8 @@ class MatchSignal(Base):
     __tablename__ = "signals"
 
     signal_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    household_key: Mapped[str] = mapped_column(ForeignKey("households.key"), index=True)
+    # no index of its own: a household's signals are found through its matches
+    household_key: Mapped[str] = mapped_column(ForeignKey("households.key"))
     gemeentecode: Mapped[str] = mapped_column(String(6))
     match_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("matches.id"), index=True)
     partner_id: Mapped[uuid.UUID]

@@ -19,6 +19,13 @@ class MatchingSettings(ServiceSettings):
         "plan, up to 6 in the national monitor); a municipality's own rule (vroeg matchregels) "
         "overrides it.",
     )
+    consumer_lanes: int = Field(
+        3,
+        ge=1,
+        le=6,
+        description="Transactions a batch is split into, by household key, run side by side: "
+        "while one lane waits for the database, another applies the rules.",
+    )
     bundling_check_interval_s: float = Field(
         5.0, description="How often held (bundled) matches are checked for forwarding."
     )

@@ -7,9 +7,10 @@ consecutive matches, several matches per household, a few redeliveries and repla
 published once, keyed by household, to a Tansu broker of this test's own (so no other
 test's events, and no running outreach, share its topics). Two consumer groups read it
 from the earliest offset, each into a matching database of its own (their own database
-prefixes, so their own groups): run B is three replicas with batches of 64 that match the
-stream while it is published, one of which is killed (SIGKILL) after part of it; run A is
-one replica started on the whole stream as a backlog, so in batches of 500. Both must agree with
+prefixes, so their own groups): run B is three replicas with batches of 64, each batch split
+into three concurrent transactions (consumer lanes), that match the stream while it is
+published, one of which is killed (SIGKILL) after part of it; run A is one replica with one
+lane, started on the whole stream as a backlog, so in batches of 500. Both must agree with
 each other, and with the pure rules (services.matching.domain) applied one signal at a
 time.
 """
@@ -324,7 +325,14 @@ async def publish(producer: AIOKafkaProducer, events: Sequence[SignalReceived]) 
 
 
 def start_run(
-    infra: Infra, bootstrap: str, prefix: str, replicas: int, batch: int, log_dir: Path
+    infra: Infra,
+    bootstrap: str,
+    prefix: str,
+    replicas: int,
+    batch: int,
+    log_dir: Path,
+    *,
+    lanes: int,
 ) -> Stack:
     run = Stack(
         env={
@@ -333,6 +341,7 @@ def start_run(
             "VROEG_DATABASE_PREFIX": prefix,
             "VROEG_OTEL_EXPORTER": "none",
             "VROEG_CONSUMER_BATCH_SIZE": str(batch),
+            "VROEG_CONSUMER_LANES": str(lanes),
             "VROEG_CONSUMER_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
         },
         log_dir=log_dir / prefix,
@@ -372,7 +381,7 @@ async def test_three_replicas_one_killed_make_the_matches_one_replica_makes(
             await stack_mod.create_topics(bootstrap, partitions=PARTITIONS)
             for url in (url_one, url_three):  # one at a time: alembic's context is global
                 await prepare(url)
-            run_three = start_run(infra, bootstrap, three, REPLICAS, 64, tmp_path)
+            run_three = start_run(infra, bootstrap, three, REPLICAS, 64, tmp_path, lanes=3)
             runs.append(run_three)
             await asyncio.to_thread(run_three.wait_ready, list(run_three.processes))
             await apoll(
@@ -401,7 +410,7 @@ async def test_three_replicas_one_killed_make_the_matches_one_replica_makes(
             finally:
                 await producer.stop()
             # One replica on the whole stream at once: other batch boundaries than run B's.
-            run_one = start_run(infra, bootstrap, one, 1, 500, tmp_path)
+            run_one = start_run(infra, bootstrap, one, 1, 500, tmp_path, lanes=1)
             runs.append(run_one)
             await asyncio.to_thread(run_one.wait_ready, list(run_one.processes))
             assert victim.process is not None and victim.process.returncode == -9

@@ -1,12 +1,15 @@
 import base64
+from dataclasses import dataclass
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from services.intake.settings import IntakeSettings
 from shared.events import decode_event
-from shared.messaging import Rejected, failure_reason, is_infrastructure_error
+from shared.messaging import Rejected, failure_reason, is_infrastructure_error, lanes_of
 from shared.settings import ServiceSettings
 
 
@@ -60,3 +63,33 @@ def test_production_refuses_development_and_placeholder_secrets() -> None:
             environment="production", _env_file=None, **{**real, "public_url": "http://x"}
         )
     ServiceSettings(environment="production", _env_file=None)  # no secrets of its own
+
+
+@dataclass(frozen=True)
+class _Record:
+    key: bytes | None
+    offset: int
+
+
+@given(
+    st.lists(st.sampled_from([b"a" * 64, b"b" * 64, b"c" * 64, b"d" * 64, None]), max_size=60),
+    st.integers(min_value=1, max_value=6),
+)
+def test_lanes_keep_each_household_in_one_lane_in_order(
+    keys: list[bytes | None], lanes: int
+) -> None:
+    records = [_Record(key, offset) for offset, key in enumerate(keys)]
+    parts = lanes_of(records, lanes)
+    assert len(parts) <= lanes
+    assert all(parts), "no empty lane"
+    assert sorted(r.offset for part in parts for r in part) == list(range(len(records)))
+    lane_of = {r.key: i for i, part in enumerate(parts) for r in part}
+    for i, part in enumerate(parts):
+        assert all(lane_of[r.key] == i for r in part), "a household in two lanes"
+        assert [r.offset for r in part] == sorted(r.offset for r in part), "order kept"
+
+
+def test_one_lane_is_the_batch_as_it_came() -> None:
+    records = [_Record(bytes([n]), n) for n in range(10)]
+    assert lanes_of(records, 1) == [records]
+    assert lanes_of([], 3) == []
