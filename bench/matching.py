@@ -50,6 +50,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.engine import make_url
 
 from bench import kafka
+from services.matching.domain import MONTHS_KEPT
 from services.matching.settings import MatchingSettings
 from services.registry import BY_NAME
 from shared.crypto import DataKey, seal_with
@@ -131,12 +132,12 @@ async def preload_history(prefix: str, signals: int, households: int) -> dict[st
                 """
             )
             await conn.execute(
-                """
+                f"""
                 INSERT INTO households (key, gemeentecode, maanden)
                 SELECT pg_temp.hkey(h), pg_temp.gm(h), array_agg(mi ORDER BY mi)
                 FROM (SELECT h, mi, max(mi) OVER (PARTITION BY h) AS top
                       FROM (SELECT DISTINCT h, mi FROM hs) AS x) AS y
-                WHERE mi >= top - 8  -- domain.MONTHS_KEPT
+                WHERE mi >= top - {MONTHS_KEPT}  -- what matching keeps
                 GROUP BY h
                 """
             )
@@ -295,6 +296,10 @@ class RunResult:
         return count / self.elapsed_s
 
 
+# Blocks PostgreSQL had to read from outside its shared buffers (the OS cache or disk).
+_BLOCKS_READ = "SELECT blks_read FROM pg_stat_database WHERE datname = current_database()"
+
+
 async def wait_for_inbox(
     prefix: str, count: int, pids: dict[str, int], process: stack.ManagedProcess
 ) -> tuple[float, float, dict[str, float], asyncpg.Record]:
@@ -307,6 +312,7 @@ async def wait_for_inbox(
             sample = {name: cpu_seconds(pid) for name, pid in pids.items()}
             sample.update(postgres_cpu(make_url(dsn(prefix)).database or ""))
             sample["machine"] = machine_busy()
+            sample["blocks_read"] = float(await conn.fetchval(_BLOCKS_READ))
             if seen and started_cpu is None:
                 started_cpu = sample
             if seen >= count:
@@ -401,6 +407,19 @@ def batch_seconds(url: str) -> float:
     return float(found[1]) if found else float("nan")
 
 
+async def postgres_sizes(prefix: str) -> tuple[str, str]:
+    """PostgreSQL's shared_buffers and the size of a bench database: with a history larger
+    than the buffers, random household lookups read from the OS cache."""
+    conn = await asyncpg.connect(dsn(prefix))
+    try:
+        return (
+            await conn.fetchval("SHOW shared_buffers"),
+            await conn.fetchval("SELECT pg_size_pretty(pg_database_size(current_database()))"),
+        )
+    finally:
+        await conn.close()
+
+
 async def prepare(prefix: str) -> None:
     os.environ["VROEG_DATABASE_PREFIX"] = prefix
     await stack.prepare_databases([BY_NAME["matching"]], fresh=True)
@@ -459,6 +478,7 @@ def main() -> None:
             else {"households": 0, "matches": 0, "signals": 0, "open_matches": 0}
         )
         preload_s = time.monotonic() - preload_started
+        shared_buffers, database_size = asyncio.run(postgres_sizes(full))
         print(
             f"history preloaded in {preload_s:.1f} s (SQL in PostgreSQL, VACUUM ANALYZE, "
             f"CHECKPOINT; not measured below): {counts['signals']:,} signals, "
@@ -511,10 +531,17 @@ def main() -> None:
             f"{cpu['postgres']:.1f} s (+ background {cpu['pg_background']:.1f} s), broker "
             f"{cpu['broker']:.1f} s; wall {result.elapsed_s:.1f} s on {os.cpu_count()} cores"
         )
-        others = cpu["machine"] - sum(v for k, v in cpu.items() if k != "machine")
+        others = cpu["machine"] - sum(
+            v for k, v in cpu.items() if k not in ("machine", "blocks_read")
+        )
         print(
             f"  machine busy {cpu['machine']:.1f} s of {result.elapsed_s * (os.cpu_count() or 1):.1f}"
             f" core-s; other processes (this bench's poller, anything else running) {others:.1f} s"
+        )
+        print(
+            f"  PostgreSQL read {cpu['blocks_read']:,.0f} blocks from outside its shared "
+            f"buffers ({cpu['blocks_read'] / n:.1f} per signal; shared_buffers "
+            f"{shared_buffers}, the history database {database_size})"
         )
         print(
             f"  inside the consumer's batch transactions (its own timer): "

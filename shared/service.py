@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ class Runtime:
 
     @classmethod
     def create(cls, settings: ServiceSettings, tables: MessagingTables) -> Runtime:
-        engine = make_engine(settings.database_url)
+        engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
         return cls(
             settings=settings,
             engine=engine,
@@ -103,6 +104,10 @@ def create_service_app(
                 name="outbox-relay",
             )
         )
+        # What start-up built (modules, models, compiled schemas) lives as long as the
+        # process: out of the collector's sight, so a full collection under load is short.
+        gc.collect()
+        gc.freeze()
         log.info("service started", port=settings.http_port)
         try:
             yield
@@ -205,6 +210,10 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
         access_log=False,
         timeout_graceful_shutdown=5,
         timeout_keep_alive=30,  # longer than clients keep idle connections (httpx: 5 s)
+        # uvloop's event loop and the httptools parser (both dependencies): about a fifth
+        # more requests per core than asyncio's own loop and h11 (bench/intake).
+        loop="uvloop",
+        http="httptools",
     )
     server = uvicorn.Server(config)
     if not settings.http_shared_port:

@@ -55,6 +55,14 @@ class ServiceSettings(BaseSettings):
     database_prefix: str = Field(
         "vroeg", description="Each service's database is named <prefix>_<service>."
     )
+    database_pool_size: int = Field(
+        10,
+        ge=1,
+        le=50,
+        description="Database connections kept open (10 more are opened, and closed again, "
+        "under peaks). Opening one costs a PostgreSQL backend: too small a pool for the "
+        "concurrent requests makes a long latency tail.",
+    )
     http_host: str = Field("127.0.0.1", description="Interface the HTTP server binds to.")
     http_shared_port: bool = Field(
         False,

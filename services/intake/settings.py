@@ -14,6 +14,13 @@ class IntakeSettings(PersonalDataSettings):
     service_name: ClassVar[str] = "intake"
     default_port: ClassVar[int] = 8001
 
+    database_pool_size: int = Field(
+        25,
+        ge=1,
+        le=50,
+        description="Database connections kept open: about the concurrent partner requests "
+        "one replica serves (10 more are opened, and closed again, under peaks).",
+    )
     household_key_secret: SecretStr = Field(
         SecretStr(DEVELOPMENT_SECRET_PREFIX + "household-key"),
         description="Regional secret for the keyed hash of normalised addresses (only intake "

@@ -19,6 +19,12 @@ class MatchingSettings(ServiceSettings):
         "plan, up to 6 in the national monitor); a municipality's own rule (vroeg matchregels) "
         "overrides it.",
     )
+    consumer_batch_size: int = Field(
+        2000,
+        ge=1,
+        description="Most records a consumer takes per batch: matching's statements per batch "
+        "are fixed, so larger batches cost less per signal.",
+    )
     consumer_lanes: int = Field(
         3,
         ge=1,
