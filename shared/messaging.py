@@ -214,6 +214,10 @@ class BatchConsumer:
             group_id=self.group_id,
             batch=True,
             max_records=self.settings.consumer_batch_size,
+            # An empty poll is followed by a pause of the same length (faststream), in
+            # which an arriving record waits: keep both short (the default 200 ms added up
+            # to 400 ms per hop to a signal's way to its case).
+            batch_timeout_ms=self.settings.consumer_fetch_max_wait_ms,
             auto_offset_reset="earliest",
             session_timeout_ms=self.settings.consumer_session_timeout_ms,
             heartbeat_interval_ms=max(self.settings.consumer_session_timeout_ms // 4, 500),
