@@ -22,6 +22,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -34,6 +35,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer
 
 from bench import kafka
+from bench.cpu import cpu_seconds, machine_busy, postgres_cpu
 from services.intake import handlers
 from services.intake.settings import IntakeSettings
 from services.registry import BY_NAME
@@ -135,12 +137,14 @@ async def single_posts(
 
 
 def wrk_posts(
-    url: str, token: str, home: DemoHousehold, clients: int, seconds: int
+    url: str, token: str, home: DemoHousehold, clients: int, seconds: int, intake_pids: list[int]
 ) -> dict[str, float] | None:
     """The same single-signal POSTs from wrk (a native load generator, so the client takes
-    little of the two cores), when wrk is installed (Debian package `wrk`)."""
+    little of the two cores), when wrk is installed (Debian package `wrk`); with the CPU
+    time intake, PostgreSQL and wrk spent per request."""
     if shutil.which("wrk") is None:
         return None
+    before = _cpu_sample(intake_pids)
     body = signal_body(
         home, partner_signaal_id="@ID@", soort="Huur", amount="250.00", signaaldatum=dt.date.today()
     )
@@ -152,6 +156,7 @@ def wrk_posts(
         text=True,
         check=True,
     )
+    cpu = {name: value - before[name] for name, value in _cpu_sample(intake_pids).items()}
     out = completed.stdout
     if "Non-2xx" in out:
         raise SystemExit(f"wrk saw refusals:\n{out}")
@@ -163,12 +168,27 @@ def wrk_posts(
 
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
     assert rate is not None, out
+    requests = re.search(r"(\d+) requests in", out)
+    assert requests is not None, out
+    per_request = {f"{name}_ms": 1000 * value / int(requests[1]) for name, value in cpu.items()}
     return {
+        **per_request,
+        "machine_share": cpu["machine"] / (seconds * (os.cpu_count() or 1)),
         "rate": float(rate[1]),
         "p50": ms("50%"),
         "p75": ms("75%"),
         "p90": ms("90%"),
         "p99": ms("99%"),
+    }
+
+
+def _cpu_sample(intake_pids: list[int]) -> dict[str, float]:
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once it has exited
+    return {
+        "intake": sum(cpu_seconds(pid) for pid in intake_pids),
+        "postgres": postgres_cpu(IntakeSettings().database_name)["postgres"],
+        "wrk": children.ru_utime + children.ru_stime,
+        "machine": machine_busy(),
     }
 
 
@@ -267,7 +287,12 @@ def main() -> None:
             single_posts(url, partner, homes, args.clients, args.requests)
         )
         native = wrk_posts(
-            url, asyncio.run(token_for(url, partner)), homes[0], args.clients, args.wrk_seconds
+            url,
+            asyncio.run(token_for(url, partner)),
+            homes[0],
+            args.clients,
+            args.wrk_seconds,
+            [running.processes["intake"].pid],
         )
         result = asyncio.run(delivery(url, bootstrap, partner, homes, args.delivery))
         event_size = int(result["event_size"])
@@ -275,7 +300,12 @@ def main() -> None:
         running.start_service(BY_NAME["intake"], name="intake-2", port=running.ports["intake"])
         running.wait_ready(["intake-2"])
         scaled = wrk_posts(
-            url, asyncio.run(token_for(url, partner)), homes[0], args.clients, args.wrk_seconds
+            url,
+            asyncio.run(token_for(url, partner)),
+            homes[0],
+            args.clients,
+            args.wrk_seconds,
+            [running.processes[name].pid for name in ("intake", "intake-2")],
         )
     finally:
         running.stop()
@@ -298,6 +328,11 @@ def main() -> None:
             f"  latency p50 {native['p50']:.1f} ms   p75 {native['p75']:.1f} ms   "
             f"p90 {native['p90']:.1f} ms   p99 {native['p99']:.1f} ms   (target p99 < 50 ms)"
         )
+        print(
+            f"  CPU per request: intake {native['intake_ms']:.2f} ms, PostgreSQL "
+            f"{native['postgres_ms']:.2f} ms, wrk {native['wrk_ms']:.2f} ms; machine busy "
+            f"{native['machine_share']:.0%} of its {os.cpu_count()} cores"
+        )
     if scaled is not None:
         print(
             f"single POST, {args.clients} clients, wrk, 2 intake replicas on one port: "
@@ -306,6 +341,11 @@ def main() -> None:
         print(
             f"  latency p50 {scaled['p50']:.1f} ms   p75 {scaled['p75']:.1f} ms   "
             f"p90 {scaled['p90']:.1f} ms   p99 {scaled['p99']:.1f} ms   (target p99 < 50 ms)"
+        )
+        print(
+            f"  CPU per request: intake {scaled['intake_ms']:.2f} ms, PostgreSQL "
+            f"{scaled['postgres_ms']:.2f} ms, wrk {scaled['wrk_ms']:.2f} ms; machine busy "
+            f"{scaled['machine_share']:.0%} of its {os.cpu_count()} cores"
         )
     print(f"delivery of {args.delivery} signals ({result['bytes'] / 1e6:.1f} MB JSON):")
     print(f"  accepted (202)            {result['accepted']:6.2f} s")

