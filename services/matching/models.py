@@ -47,7 +47,8 @@ class Household(Base):
 
     __tablename__ = "households"
 
-    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # A hex digest: compared byte by byte (its order means nothing), not by the locale.
+    key: Mapped[str] = mapped_column(String(64, collation="C"), primary_key=True)
     gemeentecode: Mapped[str] = mapped_column(String(6))
     maanden: Mapped[list[int]] = mapped_column(ARRAY(Integer), default=list)
 
