@@ -26,13 +26,17 @@ def new_metadata() -> MetaData:
     return MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def make_engine(url: str, *, pool_size: int = 8, max_overflow: int = 4) -> AsyncEngine:
     # No pre-ping: on these machines every round trip counts; a dropped connection is
     # an infrastructure error that the consumer retries and an HTTP client sees as 5xx.
     # hide_parameters: a database error in a log or trace never shows the values it was
     # given (amounts, household keys, sealed data).
     return create_async_engine(
-        url, pool_size=pool_size, max_overflow=10, pool_recycle=1800, hide_parameters=True
+        url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_recycle=1800,
+        hide_parameters=True,
     )
 
 

@@ -154,8 +154,10 @@ class Subscription:
 def lanes_of(records: Sequence[Any], lanes: int) -> list[list[Any]]:
     """Split a batch into at most `lanes` parts by record key, keeping the records of one
     key in their order. Every event's key is its household key, on every topic: a
-    household's events always fall in one lane, so lanes never wait for each other's
-    households and per-household order holds as in one transaction."""
+    household's events always fall in one lane, so per-household order holds as in one
+    transaction, and lanes lock disjoint households. (Should two lanes still meet on a row,
+    such as one signal replayed under two household keys, one waits for the other; a
+    deadlock is an infrastructure error, and the batch is retried.)"""
     if lanes <= 1:
         return [list(records)] if records else []
     parts: list[list[Any]] = [[] for _ in range(lanes)]
@@ -232,30 +234,20 @@ class BatchConsumer:
         records = raw if isinstance(raw, tuple | list) else (raw,)
         with metrics.BATCH_SECONDS.labels(group=self.group_id).time():
             outcomes: list[tuple[str, str]] = []
-            try:
-                lanes = lanes_of(records, self.settings.consumer_lanes)
-                results = await asyncio.gather(
-                    *(self._transaction(lane) for lane in lanes), return_exceptions=True
-                )
-                for result in results:  # every lane has ended: committed or rolled back
-                    if isinstance(result, BaseException):
-                        raise result
-                    outcomes.extend(result)
-            except Exception as exc:
-                # Lanes that committed are redelivered with the rest; their inbox drops them.
-                if not is_infrastructure_error(exc):
-                    log.error("unexpected batch failure", group=self.group_id, **error_fields(exc))
-                metrics.CONSUMER_RETRIES.labels(group=self.group_id).inc()
-                log.warning(
-                    "batch rolled back, will retry",
-                    group=self.group_id,
-                    error=type(exc).__name__,
-                    backoff_s=self._backoff_s,
-                )
-                await msg.nack()
-                await asyncio.sleep(self._backoff_s)  # retry delay, not synchronisation
-                self._backoff_s = min(self._backoff_s * 2, 30.0)
+            lanes = lanes_of(records, self.settings.consumer_lanes)
+            results = await asyncio.gather(
+                *(self._transaction(lane) for lane in lanes), return_exceptions=True
+            )
+            # Every lane has ended (committed or rolled back) before the batch is judged.
+            failures = [result for result in results if isinstance(result, BaseException)]
+            if failures:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise failures[0]  # the service is stopping: the offsets stay uncommitted
+                await self._retry_later(msg, failures)
                 return
+            for result in results:
+                outcomes.extend(result)  # type: ignore[arg-type]
         self._backoff_s = self.settings.consumer_retry_backoff_s
         for topic, outcome in outcomes:  # counted once the transaction committed
             metrics.EVENTS_CONSUMED.labels(topic=topic, outcome=outcome).inc()
@@ -264,6 +256,23 @@ class BatchConsumer:
             await msg.ack()
         except KafkaError as exc:  # partitions moved away: the new owner's inbox dedupes
             log.warning("offset commit failed", group=self.group_id, error=type(exc).__name__)
+
+    async def _retry_later(self, msg: KafkaMessage, failures: Sequence[BaseException]) -> None:
+        """Rewind the whole batch and wait before it comes again. Lanes that committed are
+        redelivered with the rest, and their inbox drops them."""
+        for failure in failures:  # each lane's failure, so no bug hides behind another
+            if not is_infrastructure_error(failure):
+                log.error("unexpected batch failure", group=self.group_id, **error_fields(failure))
+        metrics.CONSUMER_RETRIES.labels(group=self.group_id).inc()
+        log.warning(
+            "batch rolled back, will retry",
+            group=self.group_id,
+            errors=sorted({type(failure).__name__ for failure in failures}),
+            backoff_s=self._backoff_s,
+        )
+        await msg.nack()
+        await asyncio.sleep(self._backoff_s)  # retry delay, not synchronisation
+        self._backoff_s = min(self._backoff_s * 2, 30.0)
 
     async def _transaction(self, records: Sequence[Any]) -> list[tuple[str, str]]:
         """One lane of a batch in one database transaction; its outcomes once committed."""

@@ -47,7 +47,11 @@ class Runtime:
 
     @classmethod
     def create(cls, settings: ServiceSettings, tables: MessagingTables) -> Runtime:
-        engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
+        engine = make_engine(
+            settings.database_url,
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_pool_overflow,
+        )
         return cls(
             settings=settings,
             engine=engine,
@@ -210,10 +214,11 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
         access_log=False,
         timeout_graceful_shutdown=5,
         timeout_keep_alive=30,  # longer than clients keep idle connections (httpx: 5 s)
-        # uvloop's event loop and the httptools parser (both dependencies): about a fifth
-        # more requests per core than asyncio's own loop and h11 (bench/intake).
-        loop="uvloop",
-        http="httptools",
+        # uvloop's event loop and the httptools parser where installed (dependencies, but
+        # for uvloop on Windows): about a fifth more requests per core than asyncio's own
+        # loop and h11 (bench/intake).
+        loop="auto",
+        http="auto",
     )
     server = uvicorn.Server(config)
     if not settings.http_shared_port:

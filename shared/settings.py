@@ -56,12 +56,19 @@ class ServiceSettings(BaseSettings):
         "vroeg", description="Each service's database is named <prefix>_<service>."
     )
     database_pool_size: int = Field(
-        10,
+        8,
         ge=1,
         le=50,
-        description="Database connections kept open (10 more are opened, and closed again, "
-        "under peaks). Opening one costs a PostgreSQL backend: too small a pool for the "
-        "concurrent requests makes a long latency tail.",
+        description="Database connections kept open. Opening one costs a PostgreSQL backend: "
+        "too small a pool for the concurrent work makes a long latency tail.",
+    )
+    database_pool_overflow: int = Field(
+        4,
+        ge=0,
+        le=50,
+        description="Connections opened beyond the pool under a peak, and closed after it. "
+        "All services' pools and overflows together must stay under PostgreSQL's "
+        "max_connections (README, 'Tuning').",
     )
     http_host: str = Field("127.0.0.1", description="Interface the HTTP server binds to.")
     http_shared_port: bool = Field(

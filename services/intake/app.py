@@ -28,7 +28,8 @@ async def start(app: FastAPI) -> None:
     async with runtime.session_factory() as session, session.begin():
         await handlers.register_municipalities(session)
         app.state.municipalities = await handlers.municipality_codes(session)
-    app.state.keystore = make_engine(settings.keystore_url, pool_size=5)
+    # 10 and none beyond: within the connection budget (README, "Tuning")
+    app.state.keystore = make_engine(settings.keystore_url, pool_size=10, max_overflow=0)
     app.state.vault = make_vault(settings, app.state.keystore)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
     app.state.audit_trail = AuditTrail(runtime.session_factory)

@@ -209,7 +209,6 @@ async def on_signals_received(
     settings: MatchingSettings,
 ) -> None:
     """Add a batch of signals to their households' matches and forward what is due."""
-    now = utc_now()
     first: dict[uuid.UUID, Received] = {}
     for item in received:
         first.setdefault(item.event.signal_id, item)
@@ -236,6 +235,9 @@ async def on_signals_received(
             {"keys": keys, "gemeenten": [gemeente_of[k] for k in keys], "since": since},
         )
     )
+    # The batch's time, read once its matches are locked: a held match that forward_due
+    # forwarded meanwhile was forwarded before it, so no event of ours predates that one.
+    now = utc_now()
     signal_rows: dict[uuid.UUID, dict[str, Any]] = {}
     matches: dict[uuid.UUID, _Match] = {}
     if recent:

@@ -8,7 +8,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from types import SimpleNamespace
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -19,7 +20,7 @@ from services.feedback.models import messaging as tables
 from services.feedback.settings import FeedbackSettings
 from shared.db import make_engine, make_session_factory
 from shared.events import OutreachDue, Topic, encode_event
-from shared.messaging import BatchConsumer, Subscription, make_broker, make_producer
+from shared.messaging import BatchConsumer, Subscription, lanes_of, make_broker, make_producer
 from shared.outbox import Outbox
 from tests.conftest import Infra
 from tests.support import apoll
@@ -44,8 +45,16 @@ def due_event() -> OutreachDue:
 class Harness:
     """One consumer (the real BatchConsumer) on a private topic, with its outbox relay."""
 
-    def __init__(self, infra: Infra, handler: Handler) -> None:
-        self.settings = FeedbackSettings(consumer_retry_backoff_s=0.05)
+    def __init__(
+        self,
+        infra: Infra,
+        handler: Handler,
+        *,
+        lanes: int = 1,
+        waiting: Sequence[OutreachDue] = (),
+    ) -> None:
+        self.settings = FeedbackSettings(consumer_retry_backoff_s=0.05, consumer_lanes=lanes)
+        self.waiting = waiting  # published before the consumer starts: one batch
         self.topic = Topic(f"test.{uuid.uuid4().hex[:10]}", (OutreachDue,), "test")
         self.engine = make_engine(self.settings.database_url)
         self.session_factory = make_session_factory(self.engine)
@@ -66,10 +75,17 @@ class Harness:
         await admin.start()
         await admin.create_topics([NewTopic(self.topic.name, 1, 1)])
         await admin.close()
-        self.consumer.register(self.broker)
-        await self.broker.start()
         self.producer = make_producer(self.settings)
         await self.producer.start()
+        sent = [
+            await self.producer.send(
+                self.topic.name, encode_event(event), key=event.household_key.encode()
+            )
+            for event in self.waiting
+        ]
+        await asyncio.gather(*sent)
+        self.consumer.register(self.broker)
+        await self.broker.start()
         self.relay = asyncio.create_task(
             self.outbox.run_relay(
                 self.session_factory, self.producer, batch_size=100, poll_interval_s=0.05
@@ -230,3 +246,34 @@ async def test_the_outbox_publishes_only_what_committed(infra: Infra) -> None:
         await apoll(kept_consumed, 30, "the committed event")
         assert await harness.committed() == 1
         assert await harness.inbox_outcome(rolled_back.event_id) is None
+
+
+async def test_a_failed_lane_rewinds_the_batch_and_the_committed_lanes_are_not_redone(
+    infra: Infra,
+) -> None:
+    events = [due_event() for _ in range(12)]  # twelve households, one batch, three lanes
+    lanes = lanes_of([SimpleNamespace(key=e.household_key.encode()) for e in events], 3)
+    assert len(lanes) == 3, "the households spread over the lanes"
+    failing = events[-1]  # the last: in one transaction, every other event would be redone
+    [failing_lane] = [
+        {r.key for r in lane}
+        for lane in lanes
+        if failing.household_key.encode() in {r.key for r in lane}
+    ]
+    calls: list[uuid.UUID] = []
+
+    async def handle(session: object, event: OutreachDue) -> None:
+        calls.append(event.event_id)
+        if event.event_id == failing.event_id and calls.count(failing.event_id) == 1:
+            raise ConnectionResetError("database went away")  # infrastructure: rewind
+
+    async with Harness(infra, handle, lanes=3, waiting=events) as harness:
+        await apoll(lambda: harness.committed_is(len(events)), 30, "every event committed")
+        outcomes = {e.event_id: await harness.inbox_outcome(e.event_id) for e in events}
+    assert set(outcomes.values()) == {"processed"}
+    assert calls.count(failing.event_id) == 2
+    for event in events:
+        if event.household_key.encode() not in failing_lane:
+            # its lane committed before the rewind: the inbox drops its redelivery
+            assert calls.count(event.event_id) == 1, event.event_id
+    assert len(failing_lane) < len(events), "some lanes committed before the rewind"

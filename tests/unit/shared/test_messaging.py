@@ -93,3 +93,11 @@ def test_one_lane_is_the_batch_as_it_came() -> None:
     records = [_Record(bytes([n]), n) for n in range(10)]
     assert lanes_of(records, 1) == [records]
     assert lanes_of([], 3) == []
+
+
+def test_many_households_spread_over_every_lane() -> None:
+    records = [_Record(f"{n:064x}".encode(), n) for n in range(300)]
+    parts = lanes_of(records, 3)
+    assert len(parts) == 3
+    assert min(len(part) for part in parts) >= 60, [len(part) for part in parts]
+    assert lanes_of(records, 3) == parts, "the same batch splits the same way"
