@@ -182,6 +182,19 @@ def wrk_posts(
     }
 
 
+def print_wrk(label: str, figures: dict[str, float]) -> None:
+    print(f"{label}: {figures['rate']:8.0f} signals/s")
+    print(
+        f"  latency p50 {figures['p50']:.1f} ms   p75 {figures['p75']:.1f} ms   "
+        f"p90 {figures['p90']:.1f} ms   p99 {figures['p99']:.1f} ms   (target p99 < 50 ms)"
+    )
+    print(
+        f"  CPU per request: intake {figures['intake_ms']:.2f} ms, PostgreSQL "
+        f"{figures['postgres_ms']:.2f} ms, wrk {figures['wrk_ms']:.2f} ms; machine busy "
+        f"{figures['machine_share']:.0%} of its {os.cpu_count()} cores"
+    )
+
+
 def _cpu_sample(intake_pids: list[int]) -> dict[str, float]:
     children = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once it has exited
     return {
@@ -297,16 +310,18 @@ def main() -> None:
         result = asyncio.run(delivery(url, bootstrap, partner, homes, args.delivery))
         event_size = int(result["event_size"])
         _, raw = asyncio.run(kafka.produce(bootstrap, args.delivery, event_size))
-        running.start_service(BY_NAME["intake"], name="intake-2", port=running.ports["intake"])
-        running.wait_ready(["intake-2"])
-        scaled = wrk_posts(
-            url,
-            asyncio.run(token_for(url, partner)),
-            homes[0],
-            args.clients,
-            args.wrk_seconds,
-            [running.processes[name].pid for name in ("intake", "intake-2")],
-        )
+        scaled = None
+        if native is not None:  # the same load on two replicas sharing the port
+            running.start_service(BY_NAME["intake"], name="intake-2", port=running.ports["intake"])
+            running.wait_ready(["intake-2"])
+            scaled = wrk_posts(
+                url,
+                asyncio.run(token_for(url, partner)),
+                homes[0],
+                args.clients,
+                args.wrk_seconds,
+                [running.processes[name].pid for name in ("intake", "intake-2")],
+            )
     finally:
         running.stop()
         broker.stop()
@@ -320,33 +335,11 @@ def main() -> None:
     )
     if native is None:
         print("  (install wrk for the same load from a native client)")
-    else:
-        print(
-            f"single POST, {args.clients} clients, wrk for {args.wrk_seconds} s: {native['rate']:8.0f} signals/s"
-        )
-        print(
-            f"  latency p50 {native['p50']:.1f} ms   p75 {native['p75']:.1f} ms   "
-            f"p90 {native['p90']:.1f} ms   p99 {native['p99']:.1f} ms   (target p99 < 50 ms)"
-        )
-        print(
-            f"  CPU per request: intake {native['intake_ms']:.2f} ms, PostgreSQL "
-            f"{native['postgres_ms']:.2f} ms, wrk {native['wrk_ms']:.2f} ms; machine busy "
-            f"{native['machine_share']:.0%} of its {os.cpu_count()} cores"
-        )
-    if scaled is not None:
-        print(
-            f"single POST, {args.clients} clients, wrk, 2 intake replicas on one port: "
-            f"{scaled['rate']:8.0f} signals/s"
-        )
-        print(
-            f"  latency p50 {scaled['p50']:.1f} ms   p75 {scaled['p75']:.1f} ms   "
-            f"p90 {scaled['p90']:.1f} ms   p99 {scaled['p99']:.1f} ms   (target p99 < 50 ms)"
-        )
-        print(
-            f"  CPU per request: intake {scaled['intake_ms']:.2f} ms, PostgreSQL "
-            f"{scaled['postgres_ms']:.2f} ms, wrk {scaled['wrk_ms']:.2f} ms; machine busy "
-            f"{scaled['machine_share']:.0%} of its {os.cpu_count()} cores"
-        )
+    for label, figures in (("", native), (", 2 intake replicas on one port", scaled)):
+        if figures is not None:
+            print_wrk(
+                f"single POST, {args.clients} clients, wrk for {args.wrk_seconds} s{label}", figures
+            )
     print(f"delivery of {args.delivery} signals ({result['bytes'] / 1e6:.1f} MB JSON):")
     print(f"  accepted (202)            {result['accepted']:6.2f} s")
     print(f"  every line judged         {result['processed']:6.2f} s")

@@ -283,11 +283,12 @@ async def wait_for_inbox(
     conn = await asyncpg.connect(dsn(prefix))
     try:
         deadline = time.monotonic() + max(300.0, count / 100)
+        database = make_url(dsn(prefix)).database or ""
         started_cpu: dict[str, float] | None = None
         while True:
             seen = await conn.fetchval("SELECT count(*) FROM inbox")
             sample = {name: cpu_seconds(pid) for name, pid in pids.items()}
-            sample.update(postgres_cpu(make_url(dsn(prefix)).database or ""))
+            sample.update(postgres_cpu(database))
             sample["machine"] = machine_busy()
             sample["blocks_read"] = float(await conn.fetchval(_BLOCKS_READ))
             if seen and started_cpu is None:

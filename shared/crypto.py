@@ -100,16 +100,15 @@ def _aad(subject: uuid.UUID, key_id: bytes, context: str) -> bytes:
     return subject.bytes + key_id + context.encode()
 
 
-def seal_with(
-    data_key: DataKey,
-    subject: uuid.UUID,
-    plaintext: bytes,
-    context: str,
-    nonce: bytes | None = None,
-) -> str:
+def seal_with(data_key: DataKey, subject: uuid.UUID, plaintext: bytes, context: str) -> str:
     """AES-GCM under the person's data key with a fresh random 96-bit nonce: safe for up to
     2^32 seals under one key (NIST SP 800-38D, 8.3); one person's key seals a handful."""
-    nonce = nonce or os.urandom(_NONCE)
+    return _seal(data_key, subject, plaintext, context, os.urandom(_NONCE))
+
+
+def _seal(
+    data_key: DataKey, subject: uuid.UUID, plaintext: bytes, context: str, nonce: bytes
+) -> str:
     ciphertext = AESGCM(data_key.key).encrypt(
         nonce, plaintext, _aad(subject, data_key.key_id, context)
     )
@@ -237,9 +236,7 @@ class Vault:
         keys = await self.data_keys(subject for subject, _ in items)
         nonces = os.urandom(_NONCE * len(items))  # one read of the random source for all
         return [
-            seal_with(
-                keys[subject], subject, plaintext, context, nonces[_NONCE * i : _NONCE * (i + 1)]
-            )
+            _seal(keys[subject], subject, plaintext, context, nonces[_NONCE * i : _NONCE * (i + 1)])
             for i, (subject, plaintext) in enumerate(items)
         ]
 

@@ -49,6 +49,7 @@ from shared.telemetry import (
     current_trace_headers,
     error_fields,
     kafka_headers_to_dict,
+    sqlstate_of,
     trace_headers_of,
     tracing,
 )
@@ -111,8 +112,8 @@ def is_infrastructure_error(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError):
         if exc.connection_invalidated or isinstance(exc, OperationalError):
             return True
-        sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-        return bool(sqlstate) and str(sqlstate)[:2] in _TRANSIENT_SQLSTATE_CLASSES
+        sqlstate = sqlstate_of(exc)
+        return sqlstate is not None and sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
     return False
 
 
@@ -164,6 +165,13 @@ def lanes_of(records: Sequence[Any], lanes: int) -> list[list[Any]]:
     for record in records:
         parts[zlib.crc32(record.key or b"") % lanes].append(record)
     return [part for part in parts if part]
+
+
+def _consumer_span(topic: str, headers: dict[str, str], event: Any) -> trace.Span:
+    span = span_for_record(topic, headers)
+    span.set_attribute("messaging.message.id", str(event.event_id))
+    span.set_attribute("vroeg.gemeentecode", event.gemeentecode)
+    return span
 
 
 class _IsolateRecords(Exception):
@@ -308,28 +316,25 @@ class BatchConsumer:
                 continue
             fresh.discard(event.event_id)
             incoming = kafka_headers_to_dict(record.headers)
-            if record.topic in self.batch_handlers and not tracing():
-                # no spans to make: what this event causes carries its trace context on
-                received = Received(event, trace_headers_of(incoming))
-                together.setdefault(record.topic, []).append((received, None))
+            if record.topic not in self.batch_handlers:
+                span = _consumer_span(record.topic, incoming, event)
+                with trace.use_span(span, end_on_exit=True):
+                    try:
+                        await self.handlers[record.topic](session, event)
+                    except Exception as exc:
+                        if is_infrastructure_error(exc):
+                            raise
+                        raise _IsolateRecords(spent_on=event.event_id) from exc
                 outcomes.append((record.topic, "processed"))
                 continue
-            span = span_for_record(record.topic, incoming)
-            span.set_attribute("messaging.message.id", str(event.event_id))
-            span.set_attribute("vroeg.gemeentecode", event.gemeentecode)
-            if record.topic in self.batch_handlers:
-                with trace.use_span(span):
+            # For the batch handler: spans only when tracing; what an event causes carries
+            # on its consumer span's context, or else the context it came with.
+            batch_span = _consumer_span(record.topic, incoming, event) if tracing() else None
+            headers = trace_headers_of(incoming)
+            if batch_span is not None:
+                with trace.use_span(batch_span):
                     headers = current_trace_headers()
-                together.setdefault(record.topic, []).append((Received(event, headers), span))
-                outcomes.append((record.topic, "processed"))
-                continue
-            with trace.use_span(span, end_on_exit=True):
-                try:
-                    await self.handlers[record.topic](session, event)
-                except Exception as exc:
-                    if is_infrastructure_error(exc):
-                        raise
-                    raise _IsolateRecords(spent_on=event.event_id) from exc
+            together.setdefault(record.topic, []).append((Received(event, headers), batch_span))
             outcomes.append((record.topic, "processed"))
         for topic, items in together.items():
             try:

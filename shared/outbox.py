@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql.elements import TextClause
 
 from shared import metrics
 from shared.events import Event, Topic, encode_event
@@ -102,6 +104,11 @@ class Outbox:
         self.tables = tables
         self._wake = asyncio.Event()
         self._enqueueing = asyncio.Lock()
+        self._stage_statement = text(
+            f"INSERT INTO {tables.outbox.name} (topic, key, payload, headers) "
+            "SELECT * FROM unnest(CAST(:topics AS text[]), CAST(:keys AS text[]), "
+            "CAST(:payloads AS bytea[]), CAST(CAST(:headers AS text[]) AS json[]))"
+        )
 
     async def stage(self, session: AsyncSession, topic: Topic, event: Event) -> None:
         """Write an event to the outbox inside the caller's open transaction."""
@@ -140,14 +147,7 @@ class Outbox:
         """Write several events to the outbox in one statement, in the caller's transaction."""
         if not events:
             return
-        await session.execute(
-            text(
-                f"INSERT INTO {self.tables.outbox.name} (topic, key, payload, headers) "
-                "SELECT * FROM unnest(CAST(:topics AS text[]), CAST(:keys AS text[]), "
-                "CAST(:payloads AS bytea[]), CAST(CAST(:headers AS text[]) AS json[]))"
-            ),
-            self.columns(events, trace_headers),
-        )
+        await session.execute(self._stage_statement, self.columns(events, trace_headers))
 
     async def stage_raw(
         self, session: AsyncSession, topic: Topic, key: str, payload: bytes, headers: dict
@@ -210,17 +210,17 @@ class Outbox:
         partitions: dict[str, list[int]] = {}
         for topic in {row.topic for row in rows}:
             partitions[topic] = sorted(await producer.partitions_for(topic))
-        grouped: dict[tuple[str, int], list[tuple[Any, list[tuple[str, bytes]]]]] = {}
+        grouped: dict[tuple[str, int], list[tuple[Any, dict[str, Any]]]] = {}
         for row in rows:
             key = row.key.encode()
             all_partitions = partitions[row.topic]
             partition = _PARTITIONER(key, all_partitions, all_partitions)
-            grouped.setdefault((row.topic, partition), []).append((row, _headers_for(row)))
+            record = {"key": key, "value": row.payload, "headers": _headers_for(row)}
+            grouped.setdefault((row.topic, partition), []).append((row, record))
         futures: list[asyncio.Future] = []
         for (topic, partition), items in grouped.items():
             batch = producer.create_batch()
-            for row, headers in items:
-                record = {"key": row.key.encode(), "value": row.payload, "headers": headers}
+            for row, record in items:
                 if batch.append(timestamp=None, **record) is None:  # full: send, start anew
                     futures.append(await producer.send_batch(batch, topic, partition=partition))
                     batch = producer.create_batch()
@@ -294,6 +294,16 @@ class Outbox:
                     await asyncio.sleep(linger_s)
 
 
+@functools.cache
+def _inbox_statement(inbox: str) -> TextClause:
+    return text(
+        f"INSERT INTO {inbox} (event_id, topic, outcome, processed_at) "
+        "SELECT e, t, 'processed', now() FROM unnest(CAST(:ids AS uuid[]), "
+        "CAST(:topics AS text[])) AS u(e, t) ON CONFLICT (event_id) DO NOTHING "
+        "RETURNING event_id"
+    )
+
+
 async def first_delivery(
     session: AsyncSession, tables: MessagingTables, event_id: Any, topic: str
 ) -> bool:
@@ -308,12 +318,7 @@ async def first_deliveries(
     if not events:
         return set()
     result = await session.execute(
-        text(
-            f"INSERT INTO {tables.inbox.name} (event_id, topic, outcome, processed_at) "
-            "SELECT e, t, 'processed', now() FROM unnest(CAST(:ids AS uuid[]), "
-            "CAST(:topics AS text[])) AS u(e, t) ON CONFLICT (event_id) DO NOTHING "
-            "RETURNING event_id"
-        ),
+        _inbox_statement(tables.inbox.name),
         {"ids": [event_id for event_id, _ in events], "topics": [topic for _, topic in events]},
     )
     return set(result.scalars())

@@ -214,11 +214,8 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
         access_log=False,
         timeout_graceful_shutdown=5,
         timeout_keep_alive=30,  # longer than clients keep idle connections (httpx: 5 s)
-        # uvloop's event loop and the httptools parser where installed (dependencies, but
-        # for uvloop on Windows): about a fifth more requests per core than asyncio's own
-        # loop and h11 (bench/intake).
-        loop="auto",
-        http="auto",
+        # uvicorn takes uvloop and httptools (dependencies) when installed: about a fifth
+        # more requests per core than asyncio's own loop and h11 (bench/intake).
     )
     server = uvicorn.Server(config)
     if not settings.http_shared_port:

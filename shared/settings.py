@@ -7,7 +7,7 @@ settings class reads as well, so a CLI started in another terminal finds the sam
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,6 +20,45 @@ RUNTIME_ENV_FILE = ".vroeg/runtime.env"
 DEVELOPMENT_SECRET_PREFIX = "development-only-"
 MINIMUM_SECRET_LENGTH = 32
 PLACEHOLDER_WORDS = ("replace_me", "replace-me", "changethis", "changeme", "secret", "example")
+
+
+# Settings whose default differs per service: one definition (bounds, text) each, and the
+# service's own default where it declares the field again.
+
+
+def consumer_batch_size_field(default: int) -> Any:
+    return Field(default, ge=1, description="Most records a consumer takes per batch.")
+
+
+def consumer_lanes_field(default: int) -> Any:
+    return Field(
+        default,
+        ge=1,
+        le=6,
+        description="Transactions a batch is split into, by household key, run side by side: "
+        "one lane's database round trips overlap another's work.",
+    )
+
+
+def database_pool_size_field(default: int) -> Any:
+    return Field(
+        default,
+        ge=1,
+        le=50,
+        description="Database connections kept open. Opening one costs a PostgreSQL backend: "
+        "too small a pool for the concurrent work makes a long latency tail.",
+    )
+
+
+def database_pool_overflow_field(default: int) -> Any:
+    return Field(
+        default,
+        ge=0,
+        le=50,
+        description="Connections opened beyond the pool under a peak, and closed after it. "
+        "All services' pools and overflows together must stay under PostgreSQL's "
+        "max_connections (README, 'Tuning').",
+    )
 
 
 class ServiceSettings(BaseSettings):
@@ -55,21 +94,8 @@ class ServiceSettings(BaseSettings):
     database_prefix: str = Field(
         "vroeg", description="Each service's database is named <prefix>_<service>."
     )
-    database_pool_size: int = Field(
-        8,
-        ge=1,
-        le=50,
-        description="Database connections kept open. Opening one costs a PostgreSQL backend: "
-        "too small a pool for the concurrent work makes a long latency tail.",
-    )
-    database_pool_overflow: int = Field(
-        4,
-        ge=0,
-        le=50,
-        description="Connections opened beyond the pool under a peak, and closed after it. "
-        "All services' pools and overflows together must stay under PostgreSQL's "
-        "max_connections (README, 'Tuning').",
-    )
+    database_pool_size: int = database_pool_size_field(8)
+    database_pool_overflow: int = database_pool_overflow_field(4)
     http_host: str = Field("127.0.0.1", description="Interface the HTTP server binds to.")
     http_shared_port: bool = Field(
         False,
@@ -90,14 +116,8 @@ class ServiceSettings(BaseSettings):
         "http://127.0.0.1:4318/v1/traces", description="OTLP/HTTP endpoint when otel_exporter=otlp."
     )
     log_level: str = Field("INFO", description="Log level of the structured (JSON) logs.")
-    consumer_batch_size: int = Field(500, description="Most records a consumer takes per batch.")
-    consumer_lanes: int = Field(
-        1,
-        ge=1,
-        le=6,
-        description="Transactions a batch is split into, by household key, run side by side: one "
-        "lane's database round trips overlap another's work.",
-    )
+    consumer_batch_size: int = consumer_batch_size_field(500)
+    consumer_lanes: int = consumer_lanes_field(1)
     consumer_max_attempts: int = Field(
         3, description="Attempts at one message before it goes to the dead-letter topic."
     )

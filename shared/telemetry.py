@@ -161,13 +161,20 @@ def context_from_headers(headers: Mapping[str, str]) -> otel_context.Context:
     return propagate.extract(dict(headers))
 
 
+def sqlstate_of(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error raised through SQLAlchemy (asyncpg or psycopg)."""
+    orig = getattr(exc, "orig", None)
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return str(sqlstate) if sqlstate else None
+
+
 def error_fields(exc: BaseException) -> dict[str, str]:
     """What a log line may say about an exception: its type, its SQLSTATE and where it
     was raised, never its message (a database error's detail can quote the row's values)."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:  # the first that happened
         exc = exc.exceptions[0]
     fields = {"error": type(exc).__name__}
-    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    sqlstate = sqlstate_of(exc)
     if sqlstate:
         fields["sqlstate"] = str(sqlstate)
     frames = traceback.extract_tb(exc.__traceback__)

@@ -318,9 +318,11 @@ def rules_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
     from services.matching.rules import list_rules
     from services.matching.settings import MatchingSettings
 
+    settings = MatchingSettings()
+
     async def read() -> list[dict[str, Any]]:
-        async with _transaction(_matching_url()) as session:
-            return await list_rules(session, MatchingSettings())
+        async with _transaction(settings.database_url) as session:
+            return await list_rules(session, settings)
 
     _show(
         asyncio.run(read()),
@@ -353,10 +355,6 @@ def rules_set(
     from services.matching.rules import set_rules
     from shared.events import utc_now
 
-    if bundeling not in ("geen", "einde-maand", "dagen"):
-        raise typer.BadParameter(
-            "bundeling is geen, einde-maand of dagen", param_hint="--bundeling"
-        )
     try:
         rules = MunicipalityRules(opeenvolgend, bundeling, dagen)  # type: ignore[arg-type]
     except ValueError as exc:

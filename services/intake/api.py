@@ -278,6 +278,16 @@ async def deliver_batch(
     )
 
 
+# What a receipt shows of a stored signal (handlers.receipt_of).
+_RECEIPT_COLUMNS = (
+    Signal.id,
+    Signal.partner_signaal_id,
+    Signal.ontvangen_op,
+    Signal.status,
+    Signal.reden,
+)
+
+
 @router.get(
     "/api/v1/leveringen/{levering_id}",
     response_model=DeliveryStatus,
@@ -334,8 +344,16 @@ async def delivery_status(
         signal_ids = [line.signal_id for line in lines if line.signal_id is not None]
         receipts = (
             {
-                signal.id: handlers.receipt_of(signal).model_dump(mode="json", by_alias=True)
-                for signal in await session.scalars(select(Signal).where(Signal.id.in_(signal_ids)))
+                signal["id"]: handlers.receipt_of(signal).model_dump(mode="json", by_alias=True)
+                for signal in (
+                    await session.execute(
+                        # the receipt's columns only (never the sealed personal data), and
+                        # only this partner's signals
+                        select(*_RECEIPT_COLUMNS).where(
+                            Signal.id.in_(signal_ids), Signal.partner_id == partner.id
+                        )
+                    )
+                ).mappings()
             }
             if signal_ids
             else {}

@@ -210,8 +210,11 @@ async def accept_signals(
         PERSONAL_DATA_CONTEXT,
     )
     rows: list[dict[str, Any]] = []
-    ids = new_uuids(len(candidates))
-    for signal_id, subject, sealed_text, i in zip(ids, subjects, sealed, candidates, strict=True):
+    ids = new_uuids(2 * len(candidates))  # signal ids, then event ids: one random read
+    signal_ids, event_ids = ids[: len(candidates)], ids[len(candidates) :]
+    for signal_id, subject, sealed_text, i in zip(
+        signal_ids, subjects, sealed, candidates, strict=True
+    ):
         signal_in = signals[i]
         verdict = domain.door_verdict(
             keys[i] in blacklisted, signal_in.achterstand_bedrag, last_blocked.get(keys[i])
@@ -243,7 +246,7 @@ async def accept_signals(
     # around it, so the HTTP path can run in autocommit (fewer round trips).
     events = {
         row["id"]: _event_for(row, partner, event_id)
-        for row, event_id in zip(rows, new_uuids(len(rows)), strict=True)
+        for row, event_id in zip(rows, event_ids, strict=True)
     }
     created_ids = await _insert_signals_with_events(session, outbox, rows, events)
     earlier = await _existing(
@@ -302,7 +305,9 @@ async def _insert_signals_with_events(
     if not rows:
         return set()
     # In key order, so that two transactions inserting the same partnerSignaalIds (two
-    # chunks of a delivery at once) lock them in the same order and cannot deadlock.
+    # chunks of a delivery at once) lock them in the same order and cannot deadlock. Their
+    # events are staged in that order too, not in line order: signals that arrive together
+    # make the same matches in any order (tests/unit/matching, the arrival-order property).
     rows = sorted(rows, key=lambda row: row["partner_signaal_id"])
     columns: dict[str, Any] = {column: [row[column] for row in rows] for column in _SIGNAL_COLUMNS}
     columns.update(outbox.columns([events[row["id"]] for row in rows]))

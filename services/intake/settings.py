@@ -5,7 +5,11 @@ from typing import ClassVar
 from pydantic import Field, SecretStr, model_validator
 
 from shared.crypto import PersonalDataSettings
-from shared.settings import DEVELOPMENT_SECRET_PREFIX
+from shared.settings import (
+    DEVELOPMENT_SECRET_PREFIX,
+    database_pool_overflow_field,
+    database_pool_size_field,
+)
 
 
 class IntakeSettings(PersonalDataSettings):
@@ -14,20 +18,10 @@ class IntakeSettings(PersonalDataSettings):
     service_name: ClassVar[str] = "intake"
     default_port: ClassVar[int] = 8001
 
-    database_pool_size: int = Field(
-        25,
-        ge=1,
-        le=50,
-        description="Database connections kept open: about the concurrent partner requests "
-        "one replica serves.",
-    )
-    database_pool_overflow: int = Field(
-        10,
-        ge=0,
-        le=50,
-        description="Connections opened beyond the pool under a peak (bench/intake: 25 and 10 "
-        "served 50 clients best; 25 and 0, or 40 and 0, served fewer).",
-    )
+    # About the concurrent partner requests one replica serves (bench/intake: 25 and 10
+    # served 50 clients best; 25 and 0, or 40 and 0, served fewer).
+    database_pool_size: int = database_pool_size_field(25)
+    database_pool_overflow: int = database_pool_overflow_field(10)
     household_key_secret: SecretStr = Field(
         SecretStr(DEVELOPMENT_SECRET_PREFIX + "household-key"),
         description="Regional secret for the keyed hash of normalised addresses (only intake "

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
 from shared.events import MatchKind
@@ -53,6 +53,9 @@ class MunicipalityRules:
     bundeling_dagen: int = 0
 
     def __post_init__(self) -> None:
+        if self.bundeling not in get_args(Bundling):
+            *others, last = get_args(Bundling)
+            raise ValueError(f"bundeling moet {', '.join(others)} of {last} zijn")
         if not 1 <= self.opeenvolgend_maanden <= MAX_CONSECUTIVE_MONTHS:
             raise ValueError(
                 f"opeenvolgend_maanden moet tussen 1 en {MAX_CONSECUTIVE_MONTHS} liggen "

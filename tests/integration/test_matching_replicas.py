@@ -55,6 +55,7 @@ from tests.conftest import Infra
 from tests.support import apoll
 from vroeg import stack as stack_mod
 from vroeg.stack import Stack
+from vroeg.status import end_offsets
 
 pytestmark = pytest.mark.integration
 
@@ -296,7 +297,7 @@ async def dead_letters(bootstrap: str) -> int:
             for p in reader.partitions_for_topic(DEAD_LETTER.name) or ()
         ]
         assert partitions, "the dead-letter topic exists"
-        return sum((await reader.end_offsets(partitions)).values())
+        return sum((await end_offsets(bootstrap, partitions)).values())
     finally:
         await reader.stop()
 

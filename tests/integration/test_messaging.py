@@ -276,4 +276,3 @@ async def test_a_failed_lane_rewinds_the_batch_and_the_committed_lanes_are_not_r
         if event.household_key.encode() not in failing_lane:
             # its lane committed before the rewind: the inbox drops its redelivery
             assert calls.count(event.event_id) == 1, event.event_id
-    assert len(failing_lane) < len(events), "some lanes committed before the rewind"

@@ -1,8 +1,10 @@
 """The household key: spellings of one dwelling share a key, different dwellings never do.
 
-All addresses are synthetic (invented postcodes in Drenthe)."""
+All addresses are synthetic: postcode areas of Drenthe with made-up numbers, letters and
+additions, tied to no person."""
 
 import string
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -80,21 +82,17 @@ MUST_NOT_MATCH = [
 ]
 
 
-def _ids(rows: list[tuple[str, DwellingAddress, DwellingAddress]]) -> list[str]:
-    return [row[0] for row in rows]
+def _params(rows: list[tuple[str, DwellingAddress, DwellingAddress]]) -> list[Any]:
+    return [pytest.param(a, b, id=case) for case, a, b in rows]
 
 
-@pytest.mark.parametrize(("case", "a", "b"), MUST_MATCH, ids=_ids(MUST_MATCH))
-def test_spellings_of_one_dwelling_give_one_key(
-    case: str, a: DwellingAddress, b: DwellingAddress
-) -> None:
+@pytest.mark.parametrize(("a", "b"), _params(MUST_MATCH))
+def test_spellings_of_one_dwelling_give_one_key(a: DwellingAddress, b: DwellingAddress) -> None:
     assert household_key(a, SECRET) == household_key(b, SECRET), (normalise(a), normalise(b))
 
 
-@pytest.mark.parametrize(("case", "a", "b"), MUST_NOT_MATCH, ids=_ids(MUST_NOT_MATCH))
-def test_different_dwellings_give_different_keys(
-    case: str, a: DwellingAddress, b: DwellingAddress
-) -> None:
+@pytest.mark.parametrize(("a", "b"), _params(MUST_NOT_MATCH))
+def test_different_dwellings_give_different_keys(a: DwellingAddress, b: DwellingAddress) -> None:
     assert household_key(a, SECRET) != household_key(b, SECRET), normalise(a)
 
 
