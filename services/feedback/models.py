@@ -8,6 +8,7 @@ import uuid
 from sqlalchemy import Date, DateTime, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from shared.audit import add_audit_tables
 from shared.db import new_metadata
 from shared.outbox import add_messaging_tables
 
@@ -17,6 +18,7 @@ class Base(DeclarativeBase):
 
 
 messaging = add_messaging_tables(Base.metadata)
+audit = add_audit_tables(Base.metadata)  # append-only, hash-chained (shared.audit)
 
 
 class PartnerSignal(Base):

@@ -10,10 +10,11 @@ from services.intake import handlers, problems
 from services.intake.api import router
 from services.intake.auth import UNAUTHORIZED
 from services.intake.deliveries import DeliveryWorker
-from services.intake.gateway import AuditPartnerCalls, AuditTrail, RateLimiter, RequestGuard
-from services.intake.models import messaging
+from services.intake.gateway import RateLimiter, RequestGuard
+from services.intake.models import audit, messaging
 from services.intake.openapi import partner_openapi
 from services.intake.settings import IntakeSettings
+from shared.audit import AuditHttpCalls, AuditTrail
 from shared.crypto import make_vault
 from shared.db import make_engine
 from shared.events import BLACKLIST_CHANGED, FEEDBACK_SENT
@@ -32,7 +33,7 @@ async def start(app: FastAPI) -> None:
     app.state.keystore = make_engine(settings.keystore_url, pool_size=10, max_overflow=0)
     app.state.vault = make_vault(settings, app.state.keystore)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
-    app.state.audit_trail = AuditTrail(runtime.session_factory)
+    app.state.audit_trail = AuditTrail(runtime.session_factory, audit)
     app.state.delivery_worker = DeliveryWorker(
         settings, runtime.session_factory, app.state.vault, runtime.outbox, app.state.municipalities
     )
@@ -43,6 +44,11 @@ async def start(app: FastAPI) -> None:
 async def stop(app: FastAPI) -> None:
     await app.state.audit_trail.close()
     await app.state.keystore.dispose()
+
+
+def partner_call(path: str) -> bool:
+    """The calls the audit trail records: the partner API and its token endpoint."""
+    return path.startswith("/api/") or path == "/oauth/token"
 
 
 def create_app(settings: IntakeSettings | None = None) -> FastAPI:
@@ -79,7 +85,15 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
                 },
             ),
             # Outside the guard, so refusals (413, 415) are audited too.
-            (AuditPartnerCalls, {"trail_of": lambda: getattr(app.state, "audit_trail", None)}),  # type: ignore[has-type]
+            (
+                AuditHttpCalls,
+                {
+                    "trail_of": lambda: getattr(app.state, "audit_trail", None),  # type: ignore[has-type]
+                    "audited": partner_call,
+                    "timeout_s": settings.audit_commit_timeout_s,
+                    "retry_after_s": settings.audit_retry_after_s,
+                },
+            ),
         ],
     )
     problems.install(app)

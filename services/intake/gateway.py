@@ -1,24 +1,17 @@
-"""Gateway hygiene: body limits, rate limits per partner, and the audit trail of every
-partner call (who, what, result; never personal data)."""
+"""Gateway hygiene: body limits and rate limits per partner. The audit trail of every
+partner call is shared.audit.AuditHttpCalls."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import structlog
-from sqlalchemy import insert
-from sqlalchemy.ext.asyncio import async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.intake.models import AuditRecord
 from services.intake.problems import PROBLEM_JSON
-from shared.events import utc_now
 
 log = structlog.get_logger(__name__)
 
@@ -151,95 +144,3 @@ class RateLimiter:
             bucket.tokens -= 1
             return None
         return (1 - bucket.tokens) / self.per_second
-
-
-@dataclass
-class AuditTrail:
-    """Collects an audit record per partner call and writes them in bulk every moment.
-
-    The write is off the request path; what a crash can lose is at most one flush
-    interval of records (the signals themselves are never lost: they commit first).
-    """
-
-    session_factory: async_sessionmaker
-    flush_interval_s: float = 0.5
-    _pending: list[dict[str, Any]] = field(default_factory=list)
-
-    def record(
-        self,
-        *,
-        actor: str,
-        action: str,
-        object_: str | None,
-        result: str,
-        gemeentecode: str | None = None,
-    ) -> None:
-        self._pending.append(
-            {
-                "at": utc_now(),
-                "actor": actor,
-                "action": action,
-                "object": object_,
-                "result": result,
-                "gemeentecode": gemeentecode,
-            }
-        )
-
-    async def flush(self) -> None:
-        if not self._pending:
-            return
-        batch, self._pending = self._pending, []
-        try:
-            async with self.session_factory() as session, session.begin():
-                await session.execute(insert(AuditRecord), batch)
-        except Exception:
-            self._pending[:0] = batch  # keep them for the next round
-            raise
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_interval_s)  # a write interval, not synchronisation
-            try:
-                await self.flush()
-            except Exception as exc:
-                log.warning("audit flush failed, will retry", error=type(exc).__name__)
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.flush()
-
-
-class AuditPartnerCalls:
-    """Records every call to the partner API: partner (or 'anoniem'), route, status, object."""
-
-    def __init__(self, app: ASGIApp, trail_of: Any) -> None:
-        self.app = app
-        self.trail_of = trail_of
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or not (path.startswith("/api/") or path == "/oauth/token"):
-            await self.app(scope, receive, send)
-            return
-        status = 500
-
-        async def capture(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, capture)
-        finally:
-            state = scope.get("state", {})
-            route = scope.get("route")
-            template = getattr(route, "path", path)
-            trail: AuditTrail | None = self.trail_of()
-            if trail is not None:
-                trail.record(
-                    actor=f"partner:{state['partner_id']}" if "partner_id" in state else "anoniem",
-                    action=f"{scope['method']} {template}",
-                    object_=state.get("audit_object"),
-                    result=str(status),
-                )

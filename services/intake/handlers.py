@@ -19,14 +19,15 @@ from services.intake.auth import PartnerIdentity, hash_secret, new_client_creden
 from services.intake.domain import Violation
 from services.intake.models import (
     Address,
-    AuditRecord,
     BlacklistEntry,
     Municipality,
     Partner,
     PartnerFeedback,
     Signal,
+    audit,
 )
 from services.intake.schemas import Receipt, SignalIn
+from shared import audit as audit_trail
 from shared.crypto import Vault, subject_id
 from shared.events import (
     SIGNAL_BLOCKED,
@@ -95,11 +96,13 @@ class PartnerDisabled(Exception):
     """The partner was disabled after its token was issued."""
 
 
-# Where each address lies and whether its household is on the blacklist today, and (for
-# the HTTP path) whether the partner may still deliver: one statement, one round trip.
+# Where each address lies and whether its household is on that municipality's blacklist
+# today (another municipality's entry never blocks it), and (for the HTTP path) whether
+# the partner may still deliver: one statement, one round trip.
 _DOOR_CONTEXT = text(
     "SELECT q.postcode, q.huisnummer, q.household_key, a.gemeentecode, "
     "EXISTS (SELECT 1 FROM uitsluitingen u WHERE u.household_key = q.household_key "
+    "AND u.gemeentecode = a.gemeentecode "
     "AND u.verwijderd_op IS NULL AND u.begin <= :today AND u.einde >= :today) AS uitgesloten, "
     "(SELECT p.actief FROM partners p WHERE p.id = :partner) AS partner_actief "
     "FROM unnest(CAST(:postcodes AS text[]), CAST(:numbers AS int[]), CAST(:keys AS text[])) "
@@ -417,30 +420,56 @@ async def add_partner(
 async def on_blacklist_changed(
     session: AsyncSession, event: BlacklistChanged, *, outbox: Outbox
 ) -> None:
-    """Keep the blacklist at the door in step with outreach's decisions."""
+    """Keep the blacklist at the door in step with outreach's decisions (audited here too,
+    so the door's trail shows every entry that stops signals)."""
     if event.actie == "verwijderd":
-        await session.execute(
+        removed = await session.execute(
             update(BlacklistEntry)
-            .where(BlacklistEntry.id == event.entry_id, BlacklistEntry.verwijderd_op.is_(None))
+            .where(
+                BlacklistEntry.id == event.entry_id,
+                BlacklistEntry.gemeentecode == event.gemeentecode,
+                BlacklistEntry.verwijderd_op.is_(None),
+            )
             .values(verwijderd_op=event.occurred_at)
         )
-        return
-    await session.execute(
-        pg_insert(BlacklistEntry)
-        .values(
-            id=event.entry_id,
-            household_key=event.household_key,
-            gemeentecode=event.gemeentecode,
-            reden=event.reden,
-            toelichting=None,
-            begin=event.begin,
-            einde=event.einde,
-            bron="outreach",
-            ingevoerd_door="outreach",
-            ingevoerd_op=event.occurred_at,
+        changed = bool(removed.rowcount)  # type: ignore[attr-defined]
+    else:
+        added = await session.execute(
+            pg_insert(BlacklistEntry)
+            .values(
+                id=event.entry_id,
+                household_key=event.household_key,
+                gemeentecode=event.gemeentecode,
+                reden=event.reden,
+                toelichting=None,
+                begin=event.begin,
+                einde=event.einde,
+                bron="outreach",
+                ingevoerd_door="outreach",
+                ingevoerd_op=event.occurred_at,
+            )
+            .on_conflict_do_nothing(index_elements=["id"])
         )
-        .on_conflict_do_nothing(index_elements=["id"])
-    )
+        changed = bool(added.rowcount)  # type: ignore[attr-defined]
+    if changed:  # a redelivered event is not audited twice
+        await audit_trail.record(
+            session,
+            audit,
+            actor="outreach",
+            action=f"uitsluiting-{event.actie}",
+            object_=f"uitsluiting:{event.entry_id}",
+            result="ok",
+            gemeentecode=event.gemeentecode,
+            at=event.occurred_at,
+        )
+
+
+@dataclass(frozen=True)
+class BlacklistRefusal:
+    """Why an operator's blacklist change was refused: the option and the rule, in Dutch."""
+
+    field: str
+    reason: str
 
 
 async def add_to_blacklist(
@@ -455,8 +484,44 @@ async def add_to_blacklist(
     actor: str,
     household_secret: str,
     now: dt.datetime,
-) -> BlacklistEntry:
-    """An administrator puts an address on the blacklist; audited, never without an end."""
+) -> BlacklistEntry | BlacklistRefusal:
+    """An administrator puts an address of their own municipality on the blacklist;
+    audited (a refusal too), never without an end."""
+    refusal: BlacklistRefusal | None = None
+    if gemeentecode not in DRENTHE:
+        refusal = BlacklistRefusal("gemeente", f"gemeente {gemeentecode} hoort niet bij deze regio")
+    else:
+        lies_in = await session.scalar(
+            select(Address.gemeentecode).where(
+                Address.postcode == _compact_postcode(address.postcode),
+                Address.huisnummer == address.huisnummer,
+            )
+        )
+        if lies_in is None:
+            refusal = BlacklistRefusal(
+                "postcode/huisnummer",
+                "dit adres staat niet in de adrestabel van de regio; alleen een bekend adres "
+                "kan worden uitgesloten",
+            )
+        elif lies_in != gemeentecode:
+            # Tenant isolation: a municipality blocks only its own residents' signals.
+            refusal = BlacklistRefusal(
+                "gemeente",
+                f"dit adres ligt niet in gemeente {gemeentecode}; een gemeente sluit alleen "
+                "adressen in de eigen gemeente uit",
+            )
+    if refusal is not None:
+        await audit_trail.record(
+            session,
+            audit,
+            actor=actor,
+            action="uitsluiting-toevoegen",
+            object_=None,
+            result="geweigerd",
+            gemeentecode=gemeentecode,
+            at=now,
+        )
+        return refusal
     entry = BlacklistEntry(
         id=uuid.uuid4(),
         household_key=household_key(address, household_secret),
@@ -470,17 +535,17 @@ async def add_to_blacklist(
         ingevoerd_op=now,
     )
     session.add(entry)
-    session.add(
-        AuditRecord(
-            at=now,
-            actor=actor,
-            action="uitsluiting-toegevoegd",
-            object=f"uitsluiting:{entry.id}",
-            result="ok",
-            gemeentecode=gemeentecode,
-        )
-    )
     await session.flush()
+    await audit_trail.record(
+        session,
+        audit,
+        actor=actor,
+        action="uitsluiting-toegevoegd",
+        object_=f"uitsluiting:{entry.id}",
+        result="ok",
+        gemeentecode=gemeentecode,
+        at=now,
+    )
     return entry
 
 
@@ -499,37 +564,44 @@ async def list_blacklist(
             .order_by(BlacklistEntry.einde)
         )
     )
-    session.add(
-        AuditRecord(
-            at=now,
-            actor=actor,
-            action="uitsluitingen-gelezen",
-            object=f"uitsluitingen:{gemeentecode}",
-            result=str(len(entries)),
-            gemeentecode=gemeentecode,
-        )
+    await audit_trail.record(
+        session,
+        audit,
+        actor=actor,
+        action="uitsluitingen-gelezen",
+        object_=f"uitsluitingen:{gemeentecode}",
+        result=f"{len(entries)} gelezen",
+        gemeentecode=gemeentecode,
+        at=now,
     )
     return entries
 
 
 async def remove_from_blacklist(
-    session: AsyncSession, entry_id: uuid.UUID, *, actor: str, now: dt.datetime
+    session: AsyncSession,
+    entry_id: uuid.UUID,
+    *,
+    gemeentecode: str,
+    actor: str,
+    now: dt.datetime,
 ) -> bool:
-    entry = await session.get(BlacklistEntry, entry_id)
-    if entry is None or entry.verwijderd_op is not None:
-        return False
-    entry.verwijderd_op = now
-    session.add(
-        AuditRecord(
-            at=now,
-            actor=actor,
-            action="uitsluiting-verwijderd",
-            object=f"uitsluiting:{entry_id}",
-            result="ok",
-            gemeentecode=entry.gemeentecode,
-        )
+    """Take an active entry of the operator's own municipality off the blacklist; an
+    entry of another municipality is refused as if it did not exist (audited either way)."""
+    entry = await session.get(BlacklistEntry, entry_id, with_for_update=True)
+    found = entry is not None and entry.verwijderd_op is None and entry.gemeentecode == gemeentecode
+    if entry is not None and found:
+        entry.verwijderd_op = now
+    await audit_trail.record(
+        session,
+        audit,
+        actor=actor,
+        action="uitsluiting-verwijderd" if found else "uitsluiting-verwijderen",
+        object_=f"uitsluiting:{entry_id}",
+        result="ok" if found else "geweigerd",
+        gemeentecode=gemeentecode,
+        at=now,
     )
-    return True
+    return found
 
 
 async def set_partner_active(
@@ -537,19 +609,28 @@ async def set_partner_active(
 ) -> Partner | None:
     """Enable or disable a partner; a disabled partner's tokens stop working at once."""
     partner = await session.scalar(select(Partner).where(Partner.client_id == client_id))
+    action = "partner-aangezet" if active else "partner-uitgezet"
     if partner is None:
+        await audit_trail.record(
+            session,
+            audit,
+            actor=actor,
+            action=action,
+            object_=f"partner:{client_id}",
+            result="onbekend",
+            at=now,
+        )
         return None
     partner.actief = active
     partner.gewijzigd_op = now
-    session.add(
-        AuditRecord(
-            at=now,
-            actor=actor,
-            action="partner-aangezet" if active else "partner-uitgezet",
-            object=f"partner:{partner.id}",
-            result="ok",
-            gemeentecode=None,
-        )
+    await audit_trail.record(
+        session,
+        audit,
+        actor=actor,
+        action=action,
+        object_=f"partner:{partner.id}",
+        result="ok",
+        at=now,
     )
     return partner
 

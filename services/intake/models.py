@@ -24,6 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from shared.audit import add_audit_tables
 from shared.db import new_metadata
 from shared.outbox import add_messaging_tables
 
@@ -33,6 +34,8 @@ class Base(DeclarativeBase):
 
 
 messaging = add_messaging_tables(Base.metadata)
+# Append-only, hash-chained: every partner call and every administrator action.
+audit = add_audit_tables(Base.metadata)
 
 
 class Municipality(Base):
@@ -151,21 +154,6 @@ class DeliveryLine(Base):
     signal_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("signalen.id"))
     status: Mapped[str] = mapped_column(String(30))
     fouten: Mapped[list | None] = mapped_column(JSON)
-
-
-class AuditRecord(Base):
-    """Append-only: every partner call and every administrator action (who, what, result).
-    Never personal data: actors, routes, ids and outcomes only."""
-
-    __tablename__ = "audit_log"
-
-    id: Mapped[int] = mapped_column(Identity(), primary_key=True)
-    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
-    actor: Mapped[str] = mapped_column(String(200))
-    action: Mapped[str] = mapped_column(String(100))
-    object: Mapped[str | None] = mapped_column(String(200))
-    result: Mapped[str] = mapped_column(String(40))
-    gemeentecode: Mapped[str | None] = mapped_column(String(6))
 
 
 class PartnerFeedback(Base):

@@ -56,6 +56,12 @@ class IntakeSettings(PersonalDataSettings):
         200, description="Requests per second per partner (per replica) before 429."
     )
     rate_limit_burst: int = Field(400, description="Requests a partner may send in one burst.")
+    audit_commit_timeout_s: float = Field(
+        5.0,
+        description="Longest a partner call waits for its audit record to commit; after it "
+        "the call is answered 503 instead (an answered call is always audited).",
+    )
+    audit_retry_after_s: int = Field(5, description="Retry-After of that 503.")
     public_url: str = Field(
         "http://127.0.0.1:8001",
         description="Where partners reach this API (scheme and host); the OpenAPI document's "

@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from shared.audit import add_audit_tables
 from shared.db import new_metadata
 from shared.outbox import add_messaging_tables
 
@@ -38,6 +39,7 @@ class Base(DeclarativeBase):
 
 
 messaging = add_messaging_tables(Base.metadata)
+audit = add_audit_tables(Base.metadata)  # append-only, hash-chained (shared.audit)
 
 HELD, FORWARDED = "gebundeld", "doorgestuurd"
 

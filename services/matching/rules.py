@@ -11,8 +11,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.matching.domain import Bundling, MunicipalityRules
-from services.matching.models import MunicipalityRule
+from services.matching.models import MunicipalityRule, audit
 from services.matching.settings import MatchingSettings
+from shared import audit as audit_trail
 from shared.region import DRENTHE
 
 
@@ -40,6 +41,24 @@ async def set_rules(
         pg_insert(MunicipalityRule)
         .values(**values)
         .on_conflict_do_update(index_elements=["gemeentecode"], set_=values)
+    )
+    await audit_trail.record(
+        session,
+        audit,
+        actor=actor,
+        action="matchregels-gezet",
+        object_=rules_object(rules),
+        result="ok",
+        gemeentecode=gemeentecode,
+        at=now,
+    )
+
+
+def rules_object(rules: MunicipalityRules) -> str:
+    """The audit object of a rules change: what was set (no personal data in rules)."""
+    return (
+        f"matchregels:opeenvolgend={rules.opeenvolgend_maanden},"
+        f"bundeling={rules.bundeling},dagen={rules.bundeling_dagen}"
     )
 
 

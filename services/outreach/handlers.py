@@ -10,7 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from services.outreach.domain import help_offer_deadline, is_newer_version
-from services.outreach.models import AuditRecord, Case, CaseSignal
+from services.outreach.models import Case, CaseSignal, audit
+from shared import audit as audit_trail
 from shared.events import OUTREACH_DUE, CaseSignalRef, MatchCreated, MatchUpdated, OutreachDue
 from shared.outbox import Outbox
 
@@ -102,15 +103,16 @@ async def list_cases(
             )
         ).all()
     )
-    session.add(
-        AuditRecord(
-            at=now,
-            actor=actor,
-            action="zaken-lijst-gelezen",
-            object=f"zaken:{gemeentecode}:{len(cases)}",
-            gemeentecode=gemeentecode,
-            reason=reason,
-        )
+    await audit_trail.record(
+        session,
+        audit,
+        actor=actor,
+        action="zaken-lijst-gelezen",
+        object_=f"zaken:{gemeentecode}",
+        result=f"{len(cases)} gelezen",
+        gemeentecode=gemeentecode,
+        reason=reason,
+        at=now,
     )
     return cases
 

@@ -7,9 +7,10 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, Date, DateTime, ForeignKey, Identity, Integer, Numeric, String, Text
+from sqlalchemy import JSON, Date, DateTime, ForeignKey, Integer, Numeric, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from shared.audit import add_audit_tables
 from shared.db import new_metadata
 from shared.outbox import add_messaging_tables
 
@@ -19,6 +20,7 @@ class Base(DeclarativeBase):
 
 
 messaging = add_messaging_tables(Base.metadata)
+audit = add_audit_tables(Base.metadata)  # append-only, hash-chained (shared.audit)
 
 
 class Case(Base):
@@ -57,17 +59,3 @@ class CaseSignal(Base):
     signaaldatum: Mapped[dt.date] = mapped_column(Date)
     achterstand_bedrag: Mapped[Decimal] = mapped_column(Numeric(12, 2))
     zaak: Mapped[Case] = relationship(back_populates="signalen")
-
-
-class AuditRecord(Base):
-    """Append-only: who read or changed what about a resident, when and why."""
-
-    __tablename__ = "audit_log"
-
-    id: Mapped[int] = mapped_column(Identity(), primary_key=True)
-    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
-    actor: Mapped[str] = mapped_column(String(200))
-    action: Mapped[str] = mapped_column(String(50))
-    object: Mapped[str] = mapped_column(String(200))
-    gemeentecode: Mapped[str] = mapped_column(String(6), index=True)
-    reason: Mapped[str] = mapped_column(Text)

@@ -1,0 +1,27 @@
+"""audit trail: hash-chained audit_log, its chain head and the rejected side path
+
+The service's audit records (ADR 0009): each stores the previous record's hash and
+its own; writers serialise on the audit_chain row.
+
+Revision ID: 0003
+Revises: 0002
+"""
+
+from collections.abc import Sequence
+
+from alembic import op
+
+from shared import audit
+
+revision: str = "0003"
+down_revision: str | None = "0002"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    audit.migration_create_log(op)
+
+
+def downgrade() -> None:
+    audit.migration_drop_log(op)
