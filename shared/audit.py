@@ -470,7 +470,9 @@ async def _rows(session: AsyncSession, tables: AuditTables, batch: int) -> Async
 async def verify(
     session: AsyncSession, tables: AuditTables, batch: int = 5000
 ) -> ChainBreak | None:
-    """Walk a service's chain in pages; the first broken record, or None."""
+    """Walk a service's chain in pages; the first broken record, or None. Call it first
+    in its transaction: it reads one snapshot (rows and head agree)."""
+    await session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
     checker = ChainChecker()
     async for row in _rows(session, tables, batch):
         if broken := checker.feed(row):

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.events import SignalKind
+from vroeg.audit_cmd import audit_app
 
 app = typer.Typer(help="Vroegsignalering: regional platform for early signalling of arrears.")
 partner_app = typer.Typer(help="Signal partners (creditor organisations).")
@@ -29,6 +30,7 @@ app.add_typer(blacklist_app, name="blacklist")
 rules_app = typer.Typer(help="Each municipality's matching rules (consecutive window, bundling).")
 app.add_typer(rules_app, name="matchregels")
 app.add_typer(addresses_app, name="adressen")
+app.add_typer(audit_app, name="audit")
 console = Console()
 
 PARTNER_TYPES = get_args(SignalKind)
@@ -219,12 +221,22 @@ def partner_add(
     if kvk is not None and not (kvk.isdigit() and len(kvk) == 8):
         raise typer.BadParameter("a KvK number has 8 digits", param_hint="--kvk")
     from services.intake import handlers
+    from services.intake.models import audit
+    from shared import audit as audit_trail
     from shared.events import utc_now
 
     async def add() -> dict[str, str]:
         async with _transaction(_intake_url()) as session:
             partner, secret = await handlers.add_partner(
                 session, naam=naam, soort=type_, kvk_nummer=kvk, now=utc_now()
+            )
+            await audit_trail.record(
+                session,
+                audit,
+                actor=_actor(),
+                action="partner-toegevoegd",
+                object_=f"partner:{partner.id}",
+                result="ok",
             )
             return {"client_id": partner.client_id, "client_secret": secret}
 
@@ -397,7 +409,7 @@ def blacklist_add(
     if tot.date() < now.date():
         raise typer.BadParameter("the end date lies in the past", param_hint="--tot")
 
-    async def add() -> str:
+    async def add() -> str | handlers.BlacklistRefusal:
         async with _transaction(settings.database_url) as session:
             entry = await handlers.add_to_blacklist(
                 session,
@@ -411,9 +423,13 @@ def blacklist_add(
                 household_secret=settings.household_key_secret.get_secret_value(),
                 now=now,
             )
-            return str(entry.id)
+            return entry if isinstance(entry, handlers.BlacklistRefusal) else str(entry.id)
 
-    console.print(f"On the blacklist until {tot.date()}: entry {asyncio.run(add())}")
+    added = asyncio.run(add())
+    if isinstance(added, handlers.BlacklistRefusal):
+        console.print(f"[red]Geweigerd (--{added.field.replace('/', ', --')}): {added.reason}.[/]")
+        raise typer.Exit(1)
+    console.print(f"On the blacklist until {tot.date()}: entry {added}")
 
 
 @blacklist_app.command("list")
@@ -460,21 +476,31 @@ def blacklist_list(
 
 
 @blacklist_app.command("remove")
-def blacklist_remove(entry_id: str) -> None:
-    """Take an entry off the blacklist (audited)."""
+def blacklist_remove(
+    entry_id: str,
+    gemeente: Annotated[str, typer.Option(help="CBS code of your municipality, e.g. GM1731.")],
+) -> None:
+    """Take an entry of your municipality off the blacklist (audited)."""
     import uuid
 
     from services.intake import handlers
     from shared.events import utc_now
 
+    try:
+        entry = uuid.UUID(entry_id)
+    except ValueError:
+        raise typer.BadParameter(
+            "geen geldig uitsluitingsnummer (UUID)", param_hint="ENTRY_ID"
+        ) from None
+
     async def remove() -> bool:
         async with _transaction(_intake_url()) as session:
             return await handlers.remove_from_blacklist(
-                session, uuid.UUID(entry_id), actor=_actor(), now=utc_now()
+                session, entry, gemeentecode=gemeente, actor=_actor(), now=utc_now()
             )
 
     if not asyncio.run(remove()):
-        console.print(f"[red]No active entry {entry_id}[/]")
+        console.print(f"[red]Geen actieve uitsluiting {entry_id} in gemeente {gemeente}.[/]")
         raise typer.Exit(1)
     console.print(f"Entry {entry_id} removed.")
 
