@@ -5,16 +5,22 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
 import uuid
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from services.feedback.settings import FeedbackSettings
 from services.intake.settings import IntakeSettings
+from shared.db import make_engine
 from shared.events import BLACKLIST_CHANGED, BlacklistChanged, encode_event
 from shared.household import DwellingAddress, household_key
 from shared.messaging import make_broker
+from shared.region import DRENTHE
 from tests.support import (
     add_partner,
     bearer,
@@ -25,6 +31,7 @@ from tests.support import (
     signal_for,
     vroeg_cli,
 )
+from vroeg.demo import DemoHousehold
 from vroeg.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -91,7 +98,7 @@ def test_a_blacklisted_address_is_stopped_unless_the_arrears_rose(running_stack:
     assert all("weiger" not in t["toelichting"] for t in told)
     listed = json.loads(vroeg_cli("blacklist", "list", "--gemeente", home.gemeentecode, "--json"))
     assert entry_id in [e["id"] for e in listed]
-    vroeg_cli("blacklist", "remove", entry_id)
+    vroeg_cli("blacklist", "remove", entry_id, "--gemeente", home.gemeentecode)
     after = deliver(running_stack, partner, signal_for(home, partner, "BL-4", amount="100.00"))
     assert after.json()["status"] == "doorgestuurd"
     actions = intake_scalar(
@@ -150,3 +157,119 @@ def test_outreach_events_feed_the_blacklist(running_stack: Stack, infra) -> None
         deliver(running_stack, partner, signal_for(home, partner, "OBL-2")).json()["status"]
         == "doorgestuurd"
     )
+
+
+def _vroeg(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real CLI, allowed to fail (vroeg_cli asserts success)."""
+    return subprocess.run(
+        [sys.executable, "-m", "vroeg.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ.copy(),
+        check=False,
+    )
+
+
+def _other_municipality(code: str) -> str:
+    return next(other for other in sorted(DRENTHE) if other != code)
+
+
+def _add(home: DemoHousehold, gemeente: str) -> subprocess.CompletedProcess[str]:
+    return _vroeg(
+        "blacklist",
+        "add",
+        "--gemeente",
+        gemeente,
+        "--postcode",
+        home.postcode,
+        "--huisnummer",
+        str(home.huisnummer),
+        "--tot",
+        (dt.date.today() + dt.timedelta(days=30)).isoformat(),
+        "--reden",
+        "overig",
+    )
+
+
+def test_a_municipality_blacklists_only_its_own_addresses(running_stack: Stack) -> None:
+    home = fresh_households(1, seed=53)[0]
+    other = _other_municipality(home.gemeentecode)
+    before = intake_scalar("SELECT count(*) FROM uitsluitingen")
+    since = dt.datetime.now(dt.UTC)
+    elsewhere = _add(home, other)
+    outside = _add(home, "GM0363")  # Amsterdam: not in this region
+    unknown = _add(DemoHousehold(**{**home.__dict__, "huisnummer": 99999}), home.gemeentecode)
+    assert elsewhere.returncode == outside.returncode == unknown.returncode == 1
+    assert f"ligt niet in gemeente {other}" in elsewhere.stdout and "--gemeente" in elsewhere.stdout
+    assert "hoort niet bij deze regio" in outside.stdout
+    assert "adrestabel" in unknown.stdout and "--postcode" in unknown.stdout
+    assert home.postcode not in elsewhere.stdout + unknown.stdout  # no personal data
+    assert intake_scalar("SELECT count(*) FROM uitsluitingen") == before
+    refused = intake_scalar(
+        "SELECT string_agg(gemeentecode, ',' ORDER BY id) FROM audit_log "
+        "WHERE action = 'uitsluiting-toevoegen' AND result = 'geweigerd' "
+        "AND at >= :since",
+        since=since,
+    )
+    assert refused == f"{other},GM0363,{home.gemeentecode}"
+    partner = add_partner("Waterbedrijf Eigen Gemeente (test)", "Water")
+    kept = deliver(running_stack, partner, signal_for(home, partner, "OWN-1"))
+    assert kept.json()["status"] == "doorgestuurd"
+
+
+def test_an_entry_is_removed_only_by_its_own_municipality(running_stack: Stack) -> None:
+    home = fresh_households(1, seed=54)[0]
+    added = _add(home, home.gemeentecode)
+    assert added.returncode == 0, added.stdout + added.stderr
+    entry_id = added.stdout.strip().split()[-1]
+    other = _other_municipality(home.gemeentecode)
+    refused = _vroeg("blacklist", "remove", entry_id, "--gemeente", other)
+    assert refused.returncode == 1
+    assert "Geen actieve uitsluiting" in refused.stdout
+    assert intake_scalar(
+        "SELECT verwijderd_op IS NULL FROM uitsluitingen WHERE id = :i", i=uuid.UUID(entry_id)
+    )
+    assert (
+        intake_scalar(
+            "SELECT result FROM audit_log WHERE object = :o AND gemeentecode = :g",
+            o=f"uitsluiting:{entry_id}",
+            g=other,
+        )
+        == "geweigerd"
+    )
+    vroeg_cli("blacklist", "remove", entry_id, "--gemeente", home.gemeentecode)
+    assert intake_scalar(
+        "SELECT verwijderd_op IS NOT NULL FROM uitsluitingen WHERE id = :i", i=uuid.UUID(entry_id)
+    )
+
+
+def test_another_municipalitys_entry_never_stops_a_signal_at_the_door(running_stack: Stack) -> None:
+    partner = add_partner("Energieleverancier Deur (test)", "Energie")
+    home = fresh_households(1, seed=55)[0]
+    key = household_key(
+        DwellingAddress(home.postcode, home.huisnummer),
+        IntakeSettings().household_key_secret.get_secret_value(),
+    )
+
+    async def insert_entry(gemeentecode: str) -> None:
+        engine = make_engine(IntakeSettings().database_url, pool_size=1)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    text(
+                        "INSERT INTO uitsluitingen (id, household_key, gemeentecode, reden, begin, "
+                        "einde, bron, ingevoerd_door, ingevoerd_op) VALUES (:i, :k, :g, 'overig', "
+                        "current_date, current_date + 30, 'beheer', 'test', now())"
+                    ),
+                    {"i": uuid.uuid4(), "k": key, "g": gemeentecode},
+                )
+        finally:
+            await engine.dispose()
+
+    asyncio.run(insert_entry(_other_municipality(home.gemeentecode)))
+    passed = deliver(running_stack, partner, signal_for(home, partner, "DOOR-1"))
+    assert passed.json()["status"] == "doorgestuurd"
+    asyncio.run(insert_entry(home.gemeentecode))
+    stopped = deliver(running_stack, partner, signal_for(home, partner, "DOOR-2", amount="1.00"))
+    assert stopped.json()["status"] == "niet-doorgestuurd"
