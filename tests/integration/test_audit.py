@@ -16,7 +16,9 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from services.intake.models import audit as intake_audit
 from services.matching.settings import MatchingSettings
+from services.outreach.models import audit as outreach_audit
 from services.outreach.settings import OutreachSettings
 from services.retention.models import audit as retention_audit
 from services.retention.settings import RetentionSettings
@@ -283,3 +285,76 @@ def test_vroeg_audit_shows_every_services_records_newest_last(running_stack: Sta
     later = (dt.datetime.fromisoformat(records[-1]["at"]) + dt.timedelta(seconds=1)).isoformat()
     assert json.loads(vroeg_cli("audit", "--gemeente", gemeente, "--sinds", later, "--json")) == []
     assert service_scalar(OutreachSettings().database_url, "SELECT count(*) FROM audit_chain") == 1
+
+
+def test_the_migration_chains_existing_records_and_goes_back(infra) -> None:  # type: ignore[no-untyped-def]
+    from alembic import command
+
+    from services.registry import BY_NAME
+    from shared.db import alembic_config, drop_database, ensure_database
+    from shared.settings import ServiceSettings
+
+    def run(name: str, old: str, insert_old: str) -> None:
+        spec = BY_NAME[name]
+        url = spec.settings(database_prefix=f"{ServiceSettings().database_prefix}mig").database_url
+        config = alembic_config(spec.migrations, url)
+
+        async def sql(statement: str) -> None:
+            engine = make_engine(url, pool_size=1)
+            try:
+                async with engine.begin() as conn:
+                    await conn.execute(text(statement))
+            finally:
+                await engine.dispose()
+
+        async def check() -> None:
+            engine = make_engine(url, pool_size=1)
+            try:
+                async with make_session_factory(engine)() as session, session.begin():
+                    assert await verify(session, tables) is None
+                    ids = (
+                        await session.execute(text("SELECT id FROM audit_log ORDER BY id"))
+                    ).scalars()
+                    assert list(ids) == [1, 2, 3]
+            finally:
+                await engine.dispose()
+
+        async def verified() -> None:
+            engine = make_engine(url, pool_size=1)
+            try:
+                async with make_session_factory(engine)() as session, session.begin():
+                    assert await verify(session, tables) is None
+            finally:
+                await engine.dispose()
+
+        tables = intake_audit if name == "intake" else outreach_audit
+        asyncio.run(drop_database(url))
+        asyncio.run(ensure_database(url))
+        try:
+            command.upgrade(config, old)
+            asyncio.run(sql(insert_old))
+            asyncio.run(sql("DELETE FROM audit_log WHERE id = 2"))  # a gap, as identity leaves
+            asyncio.run(sql(insert_old))
+            command.upgrade(config, "head")
+            asyncio.run(check())
+            command.downgrade(config, old)
+            asyncio.run(sql(insert_old))  # the old writer works again
+            command.upgrade(config, "head")
+            asyncio.run(verified())
+        finally:
+            asyncio.run(drop_database(url))
+
+    run(
+        "intake",
+        "0003",
+        "INSERT INTO audit_log (at, actor, action, object, result, gemeentecode) "
+        "VALUES (now(), 'anoniem', 'GET /api/v1/x', NULL, '404', NULL), "
+        "(now(), 'cli:a', 'uitsluitingen-gelezen', 'uitsluitingen:GM0106', '0', 'GM0106')",
+    )
+    run(
+        "outreach",
+        "0002",
+        "INSERT INTO audit_log (at, actor, action, object, gemeentecode, reason) "
+        "VALUES (now(), 'cli:a', 'zaken-lijst-gelezen', 'zaken:GM1731:2', 'GM1731', 'beheer'), "
+        "(now(), 'cli:b', 'zaken-lijst-gelezen', 'zaken:GM1731:0', 'GM1731', 'controle')",
+    )
