@@ -48,6 +48,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.events import utc_now
@@ -496,6 +497,31 @@ _UNAVAILABLE_BODY = json.dumps(
 ).encode()
 
 
+def route_template(scope: Scope) -> str | None:
+    """The template of the route that served the call, or that would have, when a guard
+    answered before routing (413, 415); None for a path no route matches."""
+    route = scope.get("route")
+    if route is not None:
+        return getattr(route, "path", None)
+    return _matching_template(
+        getattr(getattr(scope.get("app"), "router", None), "routes", ()), scope
+    )
+
+
+def _matching_template(routes: Iterable[Any], scope: Scope) -> str | None:
+    for candidate in routes:
+        included = getattr(candidate, "original_router", None)  # FastAPI's include_router
+        if included is not None:
+            found = _matching_template(included.routes, scope)
+            if found is not None:
+                return found
+            continue
+        match, _ = candidate.matches(scope)
+        if match is not Match.NONE:
+            return getattr(candidate, "path", None)
+    return None
+
+
 class AuditHttpCalls:
     """Records every audited HTTP call (partner or 'anoniem', METHOD + route template,
     status, object) and sends the response only after the record committed."""
@@ -542,11 +568,10 @@ class AuditHttpCalls:
     async def _write(self, trail: AuditTrail, scope: Scope, status: int) -> bool:
         """The call's record, committed (or set aside); False if that failed."""
         state = scope.get("state", {})
-        route = scope.get("route")
         entry = AuditEntry(
             at=utc_now(),
             actor=f"partner:{state['partner_id']}" if "partner_id" in state else "anoniem",
-            action=http_action(scope["method"], getattr(route, "path", None)),
+            action=http_action(scope["method"], route_template(scope)),
             object=state.get("audit_object"),
             result=str(status),
         )

@@ -49,11 +49,15 @@ def test_no_path_stops_the_trail_and_every_answered_call_is_already_recorded(
     with httpx.Client(base_url=running_stack.url("intake")) as client:
         long_path = client.get(f"/api/{marker}" + "x" * 300)
         nul_path = client.get(f"/api/{marker}%00")
+        wrong_type = client.post(
+            "/api/v1/signalen", content=b"x", headers={"Content-Type": "text/plain"}
+        )
         headers = bearer(client, partner)
         signal = client.post(
             "/api/v1/signalen", json=signal_for(home, partner, "AUDIT-PATH"), headers=headers
         )
     assert long_path.status_code == nul_path.status_code == 404
+    assert wrong_type.status_code == 415
     assert signal.status_code == 201
     # No polling: the answer came after the record committed.
     receipt = signal.json()["id"]
@@ -75,6 +79,14 @@ def test_no_path_stops_the_trail_and_every_answered_call_is_already_recorded(
     )
     assert (
         intake_scalar("SELECT count(*) FROM audit_log WHERE action LIKE :m", m=f"%{marker}%") == 0
+    )
+    assert (  # refused before routing, still under its route
+        intake_scalar(
+            "SELECT count(*) FROM audit_log WHERE action = 'POST /api/v1/signalen' "
+            "AND result = '415' AND at >= :since",
+            since=since,
+        )
+        == 1
     )
 
 
