@@ -370,3 +370,48 @@ def test_the_migration_chains_existing_records_and_goes_back(infra) -> None:  # 
         "VALUES (now(), 'cli:a', 'zaken-lijst-gelezen', 'zaken:GM1731:2', 'GM1731', 'beheer'), "
         "(now(), 'cli:b', 'zaken-lijst-gelezen', 'zaken:GM1731:0', 'GM1731', 'controle')",
     )
+
+
+def test_sigkill_loses_no_answered_call(infra, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from services.registry import BY_NAME
+    from vroeg.stack import free_port
+
+    partner = add_partner("Woonstichting Harde Stop (test)", "Huur")
+    home = fresh_households(1, seed=62)[0]
+    replica = Stack(env={**infra.env, "VROEG_OTEL_EXPORTER": "none"}, log_dir=tmp_path)
+    process = replica.start_service(BY_NAME["intake"], name="intake-kill", port=free_port())
+    try:
+        replica.wait_ready(["intake-kill"])
+        url = replica.url("intake-kill")
+        with httpx.Client(base_url=url) as client:
+            headers = bearer(client, partner)
+        answered: list[str] = []
+
+        async def load() -> None:
+            async with httpx.AsyncClient(base_url=url, headers=headers, timeout=10) as client:
+
+                async def one_client(c: int) -> None:
+                    for i in range(1000):
+                        if not process.alive():
+                            return
+                        try:
+                            response = await client.post(
+                                "/api/v1/signalen", json=signal_for(home, partner, f"KILL-{c}-{i}")
+                            )
+                        except httpx.HTTPError:
+                            return  # the process is gone
+                        answered.append(response.json()["id"])
+                        if len(answered) >= 100 and process.alive():
+                            process.kill()  # SIGKILL while the other clients are mid-call
+
+                await asyncio.gather(*(one_client(c) for c in range(20)))
+
+        asyncio.run(load())
+    finally:
+        replica.stop()
+    assert len(answered) >= 100
+    recorded = intake_scalar(
+        "SELECT count(*) FROM audit_log WHERE object = ANY(CAST(:o AS text[]))",
+        o=[f"signaal:{receipt}" for receipt in answered],
+    )
+    assert recorded == len(answered)
