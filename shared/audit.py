@@ -122,7 +122,10 @@ def add_audit_tables(metadata: MetaData) -> AuditTables:
 
 def bounded(value: object, limit: int) -> str:
     """Printable characters only (others become '?'), at most `limit` of them."""
-    cleaned = "".join(c if c.isprintable() else "?" for c in str(value)[: limit * 2])
+    text_ = str(value)
+    if len(text_) <= limit and text_.isprintable():  # the usual case, at C speed
+        return text_
+    cleaned = "".join(c if c.isprintable() else "?" for c in text_[:limit])
     return cleaned[:limit]
 
 

@@ -415,3 +415,28 @@ def test_sigkill_loses_no_answered_call(infra, tmp_path) -> None:  # type: ignor
         o=[f"signaal:{receipt}" for receipt in answered],
     )
     assert recorded == len(answered)
+
+
+def test_partner_add_disable_and_enable_are_audited(infra) -> None:  # type: ignore[no-untyped-def]
+    since = utc_now()
+    partner = add_partner("Energieleverancier Beheer (test)", "Energie")
+    vroeg_cli("partner", "disable", partner["client_id"])
+    vroeg_cli("partner", "enable", partner["client_id"])
+    unknown = _vroeg("partner", "disable", "bestaat-niet")
+    assert unknown.returncode == 1
+    partner_id = intake_scalar(
+        "SELECT CAST(id AS text) FROM partners WHERE client_id = :c", c=partner["client_id"]
+    )
+    trail = json.loads(vroeg_cli("audit", "--sinds", since.isoformat(), "--json"))
+    mine = [
+        (r["action"], r["result"])
+        for r in trail
+        if r["object"] in (f"partner:{partner_id}", "partner:bestaat-niet")
+    ]
+    assert mine == [
+        ("partner-toegevoegd", "ok"),
+        ("partner-uitgezet", "ok"),
+        ("partner-aangezet", "ok"),
+        ("partner-uitgezet", "onbekend"),
+    ]
+    assert all(r["actor"].startswith("cli:") for r in trail if r["action"].startswith("partner-"))
