@@ -176,10 +176,9 @@ async def waiting_on_relay_lock(setup: Setup) -> bool:
 
 @contextlib.asynccontextmanager
 async def relay(setup: Setup, producer: Any, batch_size: int) -> AsyncIterator[asyncio.Task]:
+    own = Outbox(setup.outbox.tables)  # a replica of its own: nothing shared in memory
     task = asyncio.create_task(
-        setup.outbox.run_relay(
-            setup.session_factory, producer, batch_size=batch_size, poll_interval_s=0.05
-        )
+        own.run_relay(setup.session_factory, producer, batch_size=batch_size, poll_interval_s=0.05)
     )
     try:
         yield task
