@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import MessageSizeTooLargeError, UnknownTopicOrPartitionError
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -302,3 +303,72 @@ async def dead_letters_for(setup: Setup, wanted: Callable[[dict[str, str]], bool
         return found
     finally:
         await consumer.stop()
+
+
+class RefusingBroker(GatedProducer):
+    """The real producer in front of a broker whose message.max.bytes is below the
+    producer's: a batch above `limit` bytes comes back MESSAGE_TOO_LARGE, unsent."""
+
+    def __init__(self, producer: AIOKafkaProducer, limit: int) -> None:
+        super().__init__(producer, gated_call=0, after_send=False)
+        self.limit = limit
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future:
+        if batch.size() > self.limit:
+            refused: asyncio.Future = asyncio.get_running_loop().create_future()
+            refused.set_exception(MessageSizeTooLargeError())
+            return refused
+        return await super().send_batch(batch, topic, partition=partition)
+
+
+async def test_a_row_the_broker_refuses_is_found_and_dead_lettered_in_order(setup: Setup) -> None:
+    key = KEYS[0]
+    bulky = b"y" * 60_000  # fits the producer, not this broker
+    async with setup.session_factory() as session, session.begin():
+        await setup.outbox.stage_raw(session, setup.topic, key, b"a:0", {})
+        await setup.outbox.stage_raw(session, setup.topic, key, bulky, {"event_type": "Bulky"})
+        await setup.outbox.stage_raw(session, setup.topic, key, b"a:1", {})
+        await setup.outbox.stage_raw(session, setup.topic, key, b"a:2", {})
+    async with producers(setup.settings, 1) as (producer,):
+        refusing = RefusingBroker(producer, limit=50_000)
+        async with relay(setup, refusing, 100):
+            await apoll(lambda: outbox_empty(setup), 30, "the outbox to drain")
+    records = await read_topic(setup.infra.kafka_bootstrap, setup.topic.name, 3)
+    assert first_seen_order(records) == {"a": [0, 1, 2]}
+    dead = await dead_letters_for(setup, lambda headers: headers["dlq.topic"] == setup.topic.name)
+    assert len(dead) == 1
+    headers = {name: value.decode() for name, value in dead[0].headers}
+    assert headers["dlq.reason"].startswith("outbox: bericht te groot (")
+    assert headers["event_type"] == "Bulky"
+
+
+class NoAutoCreate(GatedProducer):
+    """The real producer in front of a broker that does not create topics on demand (Tansu
+    does, Apache Kafka in production must not): asked for a topic it lacks, the metadata
+    wait ends in UNKNOWN_TOPIC_OR_PARTITION."""
+
+    def __init__(self, producer: AIOKafkaProducer, missing: str) -> None:
+        super().__init__(producer, gated_call=0, after_send=False)
+        self.missing = missing
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        if topic == self.missing:
+            raise UnknownTopicOrPartitionError()
+        return await self._producer.partitions_for(topic)  # type: ignore[no-any-return]
+
+
+async def test_a_row_for_a_topic_the_broker_does_not_have_is_dead_lettered(setup: Setup) -> None:
+    missing = Topic(f"test.missing.{uuid.uuid4().hex[:10]}", (), "never created")
+    async with setup.session_factory() as session, session.begin():
+        await setup.outbox.stage_raw(session, missing, KEYS[0], b"a:0", {"event_type": "Lost"})
+        await setup.outbox.stage_raw(session, setup.topic, KEYS[0], b"a:1", {})
+    async with producers(setup.settings, 1) as (producer,):
+        strict = NoAutoCreate(producer, missing.name)
+        async with relay(setup, strict, 100):
+            await apoll(lambda: outbox_empty(setup), 30, "the outbox to drain")
+    records = await read_topic(setup.infra.kafka_bootstrap, setup.topic.name, 1)
+    assert [record.value for record in records] == [b"a:1"]
+    dead = await dead_letters_for(setup, lambda headers: headers["dlq.topic"] == missing.name)
+    headers = {name: value.decode() for name, value in dead[0].headers}
+    assert headers["dlq.reason"] == "outbox: topic bestaat niet bij de broker"
+    assert dead[0].value == b"a:0"
