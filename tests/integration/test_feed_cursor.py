@@ -166,30 +166,3 @@ async def test_a_later_id_that_commits_first_never_makes_a_partner_skip_the_earl
     assert sorted(map(str, seen_before + seen_after)) == sorted(
         [str(first.event_id), str(second.event_id)]
     )
-
-
-async def test_two_replicas_writing_at_once_leave_a_gapless_feed_for_a_paging_partner(
-    replicas: tuple[async_sessionmaker, async_sessionmaker],
-) -> None:
-    """Many small transactions from two replicas while the partner keeps paging: every
-    item arrives exactly once."""
-    one, two = replicas
-    count = 60
-    partner, signal_ids = await new_partner_with_signals(one, count)
-    events = [feedback_for(partner, signal_id, n) for n, signal_id in enumerate(signal_ids)]
-
-    async def replica(session_factory: async_sessionmaker, mine: list[FeedbackSent]) -> None:
-        for event in mine:
-            async with session_factory() as session, session.begin():
-                await handlers.on_feedback_sent(session, event)
-
-    writers = asyncio.gather(replica(one, events[0::2]), replica(two, events[1::2]))
-    seen: list[uuid.UUID] = []
-    cursor = 0
-    while not writers.done():
-        page, cursor = await page_all(one, partner, cursor)
-        seen.extend(page)
-    await writers
-    rest, _ = await page_all(one, partner, cursor)
-    seen.extend(rest)
-    assert sorted(map(str, seen)) == sorted(str(event.event_id) for event in events)
