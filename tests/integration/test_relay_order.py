@@ -177,9 +177,13 @@ async def waiting_on_relay_lock(setup: Setup) -> bool:
 
 @contextlib.asynccontextmanager
 async def relay(setup: Setup, producer: Any, batch_size: int) -> AsyncIterator[asyncio.Task]:
-    own = Outbox(setup.outbox.tables)  # a replica of its own: nothing shared in memory
+    """A relay replica: its own Outbox, engine and connections; nothing shared in memory."""
+    own = Outbox(setup.outbox.tables)
+    engine = make_engine(setup.engine.url.render_as_string(hide_password=False))
     task = asyncio.create_task(
-        own.run_relay(setup.session_factory, producer, batch_size=batch_size, poll_interval_s=0.05)
+        own.run_relay(
+            make_session_factory(engine), producer, batch_size=batch_size, poll_interval_s=0.05
+        )
     )
     try:
         yield task
@@ -187,6 +191,7 @@ async def relay(setup: Setup, producer: Any, batch_size: int) -> AsyncIterator[a
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await engine.dispose()
 
 
 @contextlib.asynccontextmanager
