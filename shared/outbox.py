@@ -19,7 +19,15 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    InvalidTopicError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    UnknownTopicOrPartitionError,
+)
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from sqlalchemy import (
@@ -45,7 +53,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import TextClause
 
 from shared import metrics
-from shared.events import Event, Topic, encode_event
+from shared.events import DEAD_LETTER, Event, Topic, encode_event
 from shared.telemetry import context_from_headers, current_trace_headers, tracer, tracing
 
 log = structlog.get_logger(__name__)
@@ -97,13 +105,57 @@ def _headers_for(row: Any) -> list[tuple[str, bytes]]:
     return [(name, value.encode()) for name, value in headers.items()]
 
 
+# Kafka's default for the broker's message.max.bytes and the producer's max_request_size.
+DEFAULT_MAX_RECORD_BYTES = 1_048_576
+
+# One relaying round at a time per database (advisory locks are scoped to the database).
+_RELAY_LOCK = text("SELECT pg_advisory_xact_lock(hashtext('vroeg.outbox.relay'))")
+
+_RELAY_GROUP = "outbox-relay"
+
+
+@dataclass(frozen=True)
+class RelayRound:
+    """What one relay round did: rows read from the head of the outbox, and rows that
+    left it (published, or dead-lettered for a reason resending cannot cure)."""
+
+    selected: int
+    removed: int
+
+
+@dataclass
+class _Batch:
+    topic: str
+    partition: int
+    rows: list[Any]
+    builder: Any
+
+
+def permanent_reason(exc: BaseException, size: int) -> str | None:
+    """Why a record can never be published (for the dead-letter headers), or None when
+    the error may pass (the broker or the network) and the row is to be retried."""
+    if isinstance(exc, MessageSizeTooLargeError | RecordListTooLargeError | RecordTooLargeError):
+        return f"outbox: bericht te groot ({size} bytes)"
+    if isinstance(exc, InvalidTopicError | UnknownTopicOrPartitionError):
+        return "outbox: topic bestaat niet bij de broker"
+    return None
+
+
+def record_size(row: Any, headers: list[tuple[str, bytes]]) -> int:
+    """An upper bound of the bytes a row takes on the wire as a record batch of its own."""
+    return int(
+        DefaultRecordBatchBuilder.estimate_size_in_bytes(row.key.encode(), row.payload, headers)
+    )
+
+
 class Outbox:
     """Stages events in the caller's transaction and relays committed ones to Kafka."""
 
     def __init__(self, tables: MessagingTables) -> None:
         self.tables = tables
         self._wake = asyncio.Event()
-        self._enqueueing = asyncio.Lock()
+        # Rows of a batch the broker refused for good: sent one at a time to find the culprit.
+        self._suspects: set[int] = set()
         self._stage_statement = text(
             f"INSERT INTO {tables.outbox.name} (topic, key, payload, headers) "
             "SELECT * FROM unnest(CAST(:topics AS text[]), CAST(:keys AS text[]), "
@@ -166,11 +218,29 @@ class Outbox:
         return int(await session.scalar(select(func.count()).select_from(self.tables.outbox)) or 0)
 
     async def relay_once(
-        self, session_factory: async_sessionmaker, producer: AIOKafkaProducer, batch_size: int
-    ) -> int:
-        """Publish one batch of committed rows; returns how many were published."""
+        self,
+        session_factory: async_sessionmaker,
+        producer: AIOKafkaProducer,
+        batch_size: int,
+        *,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    ) -> RelayRound:
+        """Publish committed rows from the head of the outbox, at most one record batch per
+        topic partition, and delete what the broker acknowledged.
+
+        Per-key order across replicas: a round holds the database's relay lock from before
+        it reads the head until it committed its deletes, so rounds never overlap, and each
+        starts after the acknowledgements of the one before. A replica that dies mid-round
+        loses the lock with its connection, and another relays at once (resending what the
+        dead one may have published: consumers dedupe by event id). Within a round a
+        partition's rows go in one batch, so a failed batch has nothing of its partition
+        after it in flight, and the rows of that partition are all retried, in order.
+
+        A row that can never be published (too large, a topic the broker does not have)
+        goes to the dead-letter topic with the reason, instead of stopping the line."""
         outbox = self.tables.outbox
         async with session_factory() as session, session.begin():
+            await session.execute(_RELAY_LOCK)
             rows = (
                 await session.execute(
                     select(
@@ -182,52 +252,125 @@ class Outbox:
                     )
                     .order_by(outbox.c.id)
                     .limit(batch_size)
-                    .with_for_update(skip_locked=True)
                 )
             ).all()
             if not rows:
-                return 0
-            # Enqueue in id order (keeps per-key order; one round enqueues at a time), then
-            # wait for every acknowledgement while the next round may already enqueue.
-            async with self._enqueueing:
-                confirmations = await self._publish_all(producer, rows)
-            await asyncio.gather(*confirmations)
-            # One array parameter, not a thousand: the statement stays the same (and prepared).
-            await session.execute(
-                delete(outbox).where(
-                    outbox.c.id == func.any(cast([row.id for row in rows], ARRAY(BigInteger)))
-                )
+                return RelayRound(0, 0)
+            batches, dead = await self._enqueue(producer, rows, max_record_bytes)
+            results = await asyncio.gather(
+                *(future for _, future in batches), return_exceptions=True
             )
-        for row in rows:
+            done: list[Any] = []
+            for (batch, _), result in zip(batches, results, strict=True):
+                if not isinstance(result, BaseException):
+                    done.extend(batch.rows)
+                    continue
+                reason = permanent_reason(result, batch.builder.size())
+                if reason is None:  # the broker or the network: the rows are retried
+                    log.warning("outbox batch not published", error=type(result).__name__)
+                elif len(batch.rows) == 1:
+                    dead.append((batch.rows[0], reason))
+                else:  # which row? the next rounds send this batch's rows one at a time
+                    self._suspects.update(row.id for row in batch.rows)
+            for row, reason in dead:
+                await self._dead_letter(session, row, reason)
+            removed = [row.id for row in done] + [row.id for row, _ in dead]
+            self._suspects.difference_update(removed)
+            if removed:
+                # One array parameter, not a thousand: the statement stays the same (prepared).
+                await session.execute(
+                    delete(outbox).where(outbox.c.id == func.any(cast(removed, ARRAY(BigInteger))))
+                )
+        for row in done:
             metrics.EVENTS_PUBLISHED.labels(topic=row.topic).inc()
-        return len(rows)
+        return RelayRound(len(rows), len(removed))
+
+    async def _enqueue(
+        self, producer: AIOKafkaProducer, rows: Sequence[Any], max_record_bytes: int
+    ) -> tuple[list[tuple[_Batch, asyncio.Future]], list[tuple[Any, str]]]:
+        """Enqueue one record batch per topic partition, each partition's rows in id order
+        from the head on; partitions are chosen from the key as `producer.send` would choose
+        them. A partition's rows that do not fit its batch wait for the next round, and so
+        does everything of that partition after them. Returns the batches with the futures
+        that resolve when the broker acknowledged, and the rows to dead-letter."""
+        partitions: dict[str, list[int] | None] = {}
+        for topic in dict.fromkeys(row.topic for row in rows):
+            try:
+                partitions[topic] = sorted(await producer.partitions_for(topic))
+            except UnknownTopicOrPartitionError:
+                if topic == DEAD_LETTER.name:
+                    raise  # no place to put it: retried until the topic exists
+                log.error("outbox topic unknown to the broker", topic=topic)
+                partitions[topic] = None
+        open_batches: dict[tuple[str, int], _Batch] = {}
+        closed: set[tuple[str, int]] = set()
+        dead: list[tuple[Any, str]] = []
+        for row in rows:
+            all_partitions = partitions[row.topic]
+            if all_partitions is None:
+                dead.append((row, permanent_reason(UnknownTopicOrPartitionError(), 0) or ""))
+                continue
+            key = row.key.encode()
+            partition = _PARTITIONER(key, all_partitions, all_partitions)
+            place = (row.topic, partition)
+            if place in closed:
+                continue
+            headers = _headers_for(row)
+            size = record_size(row, headers)
+            if size > max_record_bytes:
+                dead.append((row, f"outbox: bericht te groot ({size} bytes)"))
+                continue
+            batch = open_batches.get(place)
+            suspect = row.id in self._suspects
+            if batch is not None and (suspect or not self._append(batch, row, key, headers)):
+                closed.add(place)  # full, or the next row must go alone: next round
+                continue
+            if batch is None:
+                batch = _Batch(row.topic, partition, [], producer.create_batch())
+                open_batches[place] = batch
+                self._append(batch, row, key, headers)  # an empty batch takes any record
+                if suspect:
+                    closed.add(place)
+        sent = [
+            (
+                batch,
+                await producer.send_batch(batch.builder, batch.topic, partition=batch.partition),
+            )
+            for batch in open_batches.values()
+        ]
+        return sent, dead
 
     @staticmethod
-    async def _publish_all(producer: AIOKafkaProducer, rows: Sequence[Any]) -> list[asyncio.Future]:
-        """Enqueue rows in record batches per topic partition (one future per batch, not per
-        row), each partition's rows in id order; partitions are chosen from the key as
-        `producer.send` would choose them. The futures resolve when the broker acknowledged."""
-        partitions: dict[str, list[int]] = {}
-        for topic in {row.topic for row in rows}:
-            partitions[topic] = sorted(await producer.partitions_for(topic))
-        grouped: dict[tuple[str, int], list[tuple[Any, dict[str, Any]]]] = {}
-        for row in rows:
-            key = row.key.encode()
-            all_partitions = partitions[row.topic]
-            partition = _PARTITIONER(key, all_partitions, all_partitions)
-            record = {"key": key, "value": row.payload, "headers": _headers_for(row)}
-            grouped.setdefault((row.topic, partition), []).append((row, record))
-        futures: list[asyncio.Future] = []
-        for (topic, partition), items in grouped.items():
-            batch = producer.create_batch()
-            for row, record in items:
-                if batch.append(timestamp=None, **record) is None:  # full: send, start anew
-                    futures.append(await producer.send_batch(batch, topic, partition=partition))
-                    batch = producer.create_batch()
-                    if batch.append(timestamp=None, **record) is None:
-                        raise ValueError(f"outbox row {row.id} is larger than a record batch")
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
-        return futures
+    def _append(batch: _Batch, row: Any, key: bytes, headers: list[tuple[str, bytes]]) -> bool:
+        if (
+            batch.builder.append(timestamp=None, key=key, value=row.payload, headers=headers)
+            is None
+        ):
+            return False
+        batch.rows.append(row)
+        return True
+
+    async def _dead_letter(self, session: AsyncSession, row: Any, reason: str) -> None:
+        """Move a row that can never be published to the dead-letter topic, with the
+        headers the consumers' dead letters carry; a row too large for its own topic is
+        too large for the dead-letter topic as well, so that one carries the metadata only."""
+        log.error("outbox row dead-lettered", topic=row.topic, reason=reason)
+        if row.topic == DEAD_LETTER.name and not row.payload:
+            return  # a dead letter that even without its payload cannot go: nothing left
+        too_large = reason.startswith("outbox: bericht te groot")
+        await self.stage_raw(
+            session,
+            DEAD_LETTER,
+            key=row.key,
+            payload=b"" if too_large or row.topic == DEAD_LETTER.name else row.payload,
+            headers={
+                **dict(row.headers),
+                "dlq.reason": reason,
+                "dlq.topic": row.topic,
+                "dlq.group": _RELAY_GROUP,
+                "dlq.outbox_id": str(row.id),
+            },
+        )
 
     async def run_relay(
         self,
@@ -237,55 +380,34 @@ class Outbox:
         batch_size: int,
         poll_interval_s: float,
         linger_s: float = 0.0,
-        rounds_in_flight: int = 1,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
         """Relay until cancelled; commits in this process wake it, others are polled for.
 
         After a wake-up the relay lingers a moment so that commits arriving together are
-        published in one round (like Kafka's linger.ms). With `rounds_in_flight` above one,
-        a round selects and enqueues the next rows (skipping the locked ones) while earlier
-        rounds still wait for their acknowledgements and delete their rows; rounds enqueue
-        one after another, so per-key order holds unless a round fails and is retried.
-        """
-        async with asyncio.TaskGroup() as rounds:
-            for number in range(rounds_in_flight):
-                rounds.create_task(
-                    self._relay_loop(
-                        session_factory,
-                        producer,
-                        batch_size=batch_size,
-                        poll_interval_s=poll_interval_s,
-                        linger_s=linger_s,
-                        keeps_gauge=number == 0,
-                    )
-                )
-
-    async def _relay_loop(
-        self,
-        session_factory: async_sessionmaker,
-        producer: AIOKafkaProducer,
-        *,
-        batch_size: int,
-        poll_interval_s: float,
-        linger_s: float,
-        keeps_gauge: bool,
-    ) -> None:
+        published in one round (like Kafka's linger.ms). Rounds run one after another,
+        also across the replicas of a service (see `relay_once`)."""
         gauge_due = 0.0
         loop = asyncio.get_running_loop()
         while True:
             try:
-                if keeps_gauge and loop.time() >= gauge_due:
+                if loop.time() >= gauge_due:
                     gauge_due = loop.time() + 5
                     async with session_factory() as session:
                         metrics.OUTBOX_PENDING.set(await self.pending(session))
-                published = await self.relay_once(session_factory, producer, batch_size)
+                done = await self.relay_once(
+                    session_factory, producer, batch_size, max_record_bytes=max_record_bytes
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the relay must outlive a broker or database hiccup
                 log.warning("outbox relay round failed", error=type(exc).__name__)
-                published = 0
+                done = RelayRound(0, 0)
                 await asyncio.sleep(poll_interval_s)
-            if published == batch_size:
+            if done.removed and (done.selected == batch_size or done.removed < done.selected):
+                continue  # more is waiting
+            if done.selected and not done.removed:
+                await asyncio.sleep(poll_interval_s)  # the broker refused all: not a busy loop
                 continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):

@@ -103,7 +103,7 @@ def create_service_app(
                     batch_size=settings.outbox_batch_size,
                     poll_interval_s=settings.outbox_poll_interval_s,
                     linger_s=settings.outbox_linger_s,
-                    rounds_in_flight=settings.outbox_rounds_in_flight,
+                    max_record_bytes=settings.outbox_max_record_bytes,
                 ),
                 name="outbox-relay",
             )

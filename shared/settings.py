@@ -137,12 +137,11 @@ class ServiceSettings(BaseSettings):
     outbox_poll_interval_s: float = Field(
         0.25, description="Relay poll interval; commits in this process wake it at once."
     )
-    outbox_rounds_in_flight: int = Field(
-        1,
+    outbox_max_record_bytes: int = Field(
+        1_048_576,
         ge=1,
-        description="Relay rounds at once: with 2, one enqueues while another waits for the "
-        "broker's acknowledgements. A failed round is then re-sent after a later one, so one "
-        "key's events can arrive out of order (consumers dedupe, but see ADR 0002).",
+        description="Largest record the relay publishes (Kafka's default message.max.bytes "
+        "and producer max_request_size); a larger outbox row goes to the dead-letter topic.",
     )
     outbox_linger_s: float = Field(
         0.005,

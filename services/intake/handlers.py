@@ -653,8 +653,19 @@ async def import_addresses(session: AsyncSession, rows: Sequence[tuple[str, int,
     return count
 
 
+# Feed inserts one transaction at a time (held until commit), so that a row's id, the
+# partners' cursor, is taken after every earlier row committed: see ADR 0010.
+_FEED_LOCK = text("SELECT pg_advisory_xact_lock(hashtext('vroeg.intake.terugkoppelingen'))")
+
+
 async def on_feedback_sent(session: AsyncSession, event: FeedbackSent) -> None:
-    """Add what feedback told to the partner's feed."""
+    """Add what feedback told to the partner's feed.
+
+    Ids are handed out at insert, rows become visible at commit: without the lock a
+    replica's later id could commit first, a partner paging with `vanaf` past it would
+    never see the earlier one. Under the lock the ids of the uncommitted rows are always
+    above every committed one."""
+    await session.execute(_FEED_LOCK)
     await session.execute(
         pg_insert(PartnerFeedback)
         .values(
