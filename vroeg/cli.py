@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.events import SignalKind
+from vroeg.deadletter import app as deadletter_app
 
 app = typer.Typer(help="Vroegsignalering: regional platform for early signalling of arrears.")
 partner_app = typer.Typer(help="Signal partners (creditor organisations).")
@@ -29,6 +30,7 @@ app.add_typer(blacklist_app, name="blacklist")
 rules_app = typer.Typer(help="Each municipality's matching rules (consecutive window, bundling).")
 app.add_typer(rules_app, name="matchregels")
 app.add_typer(addresses_app, name="adressen")
+app.add_typer(deadletter_app, name="deadletter")
 console = Console()
 
 PARTNER_TYPES = get_args(SignalKind)
