@@ -183,9 +183,9 @@ def error_kind(exc: BaseException) -> ErrorKind:
     if isinstance(exc, DBAPIError):
         if exc.connection_invalidated:
             return "unreachable"
-        if isinstance(_driver_error(exc), asyncpg.DataError):
-            # asyncpg refused a value before sending it (InterfaceError and ValueError at
-            # once): the record is at fault, however often it is retried.
+        if isinstance(_driver_error(exc), asyncpg.DataError | ValueError):
+            # The driver refused a value (asyncpg: DataError, some of them an InterfaceError
+            # and a ValueError at once): the record is at fault, however often retried.
             return "poison"
         sqlstate = sqlstate_of(exc)
         if sqlstate is not None:

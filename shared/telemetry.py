@@ -204,6 +204,19 @@ class SafeFormatter(logging.Formatter):
         return describe_error(exc) if isinstance(exc, BaseException) else ""
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to the process' current stderr; a record it cannot write is dropped without
+    the standard library's report, which prints the traceback of the exception being
+    handled, message and all."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        return None
+
+
 def safe_exc_info(
     _logger: Any, _method: str, event: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
@@ -223,7 +236,7 @@ def safe_exc_info(
 
 
 def _configure_logging(settings: ServiceSettings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler(sys.stderr)
     handler.setFormatter(SafeFormatter("%(message)s"))
     logging.basicConfig(handlers=[handler], level=settings.log_level.upper(), force=True)
     for noisy in ("aiokafka", "faststream", "uvicorn.access"):

@@ -28,10 +28,14 @@ class _Orig(Exception):
         self.sqlstate = sqlstate
 
 
+class _ClientDataError(asyncpg.InterfaceError, ValueError):
+    """As asyncpg's client-side DataError: an InterfaceError and a ValueError at once."""
+
+
 def _asyncpg_data_error() -> InterfaceError:
-    """What SQLAlchemy raises when asyncpg refuses a parameter before sending it."""
+    """What SQLAlchemy raises when asyncpg refuses a value on the client side."""
     orig = _Orig()
-    orig.__cause__ = asyncpg.DataError("invalid input for query argument $1: 'Jansen'")
+    orig.__cause__ = _ClientDataError("invalid input for query argument $1: 'Jansen'")
     return InterfaceError("SELECT", {}, orig)
 
 
