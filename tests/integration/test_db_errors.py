@@ -82,10 +82,10 @@ async def test_the_value_a_statement_failed_on_reaches_no_log_line(
         logging.getLogger("uvicorn.error").exception("Exception in ASGI application")
         logging.getLogger("aiokafka").error("Unexpected error: %s", error)
     output = capfd.readouterr().err
+    assert FAILING_VALUE not in output
     assert output.count("statement failed") == 2 and "Exception in ASGI application" in output
     assert output.count("DBAPIError") == 4, output  # each line names the type
     assert output.count("sqlstate") == 4, output  # and the SQLSTATE
-    assert FAILING_VALUE not in output
 
 
 async def test_the_value_a_statement_failed_on_reaches_no_exported_span(infra: Infra) -> None:
