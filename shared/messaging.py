@@ -43,12 +43,13 @@ from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.security import parse_security
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 from opentelemetry import trace
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared import events as events_module
 from shared import metrics
 from shared.events import DEAD_LETTER, AnyEvent, Topic, decode_event
 from shared.outbox import (
@@ -207,13 +208,30 @@ def is_infrastructure_error(exc: BaseException) -> bool:
     return error_kind(exc) != "poison"
 
 
+# The names a validation error's location may show: the event models and their fields.
+# Any other part (an unexpected key, a key inside a free-form dict) comes from the
+# payload and could be personal data (a BSN as a key), so it is shown as "?".
+_KNOWN_NAMES = frozenset(
+    name
+    for model in vars(events_module).values()
+    if isinstance(model, type) and issubclass(model, BaseModel)
+    for name in (model.__name__, *model.model_fields)
+)
+
+
+def _location(loc: Sequence[int | str]) -> str:
+    return ".".join(
+        str(part) if isinstance(part, int) or part in _KNOWN_NAMES else "?" for part in loc
+    )
+
+
 def failure_reason(exc: BaseException) -> str:
     """A reason fit for the dead-letter headers: the rule broken, never the data."""
     if isinstance(exc, Rejected):
         return str(exc)
     if isinstance(exc, ValidationError):
         problems = [
-            f"{'.'.join(str(part) for part in error['loc'])}: {error['type']}"
+            f"{_location(error['loc'])}: {error['type']}"
             for error in exc.errors(include_input=False, include_url=False)
         ]
         return "invalid event: " + "; ".join(problems[:10])

@@ -117,6 +117,12 @@ def test_failure_reason_names_the_rule_but_never_the_data() -> None:
     assert "gemeentecode" in reason
     assert "Jansen" not in reason and "Brinkstraat" not in reason
     assert failure_reason(KeyError("Jansen")) == "handler error: KeyError"
+    with pytest.raises(ValidationError) as caught:
+        decode_event(b'{"event_type":"OutreachDue","999990019":1}')
+    reason = failure_reason(caught.value)
+    assert "OutreachDue.?: extra_forbidden" in reason  # an unexpected key: not shown
+    assert "OutreachDue.case_id: missing" in reason
+    assert "999990019" not in reason
 
 
 def test_production_refuses_development_and_placeholder_secrets() -> None:
