@@ -23,18 +23,14 @@ import os
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import text
 
-from shared.db import make_engine, make_session_factory
-from shared.events import DEAD_LETTER
-from shared.messaging import kafka_client_args
-from shared.settings import ServiceSettings
+if TYPE_CHECKING:  # the Kafka and database libraries load when a command runs, not with the CLI
+    from shared.settings import ServiceSettings
 
 app = typer.Typer(help="Dead letters: records a consumer could not process (replay is audited).")
 console = Console()
@@ -89,6 +85,11 @@ def _letter(record: object) -> _Stored:
 
 async def _read_all(settings: ServiceSettings) -> list[_Stored]:
     """Every record of the dead-letter topic, read from the start to the high watermark."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from shared.events import DEAD_LETTER
+    from shared.messaging import kafka_client_args
+
     consumer = AIOKafkaConsumer(**kafka_client_args(settings), enable_auto_commit=False)
     await consumer.start()
     try:
@@ -185,6 +186,10 @@ async def _replay(
             f"Dead letter {dead_letter_id} is geen leesbare gebeurtenis: opnieuw aanbieden "
             "zou hem opnieuw afkeuren.",
         )
+    from sqlalchemy import text
+
+    from shared.db import make_engine, make_session_factory
+
     database_url = database_of_group(letter.group)
     if database_url is None:
         return ReplayResult(False, f"Consumer group {letter.group} hoort bij geen dienst.")
@@ -213,6 +218,10 @@ async def _replay(
 
 
 async def _publish(settings: ServiceSettings, stored: _Stored, dead_letter_id: str) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    from shared.messaging import kafka_client_args
+
     headers = {k: v for k, v in stored.headers.items() if not k.startswith("dlq.")}
     headers[REPLAY_HEADER] = dead_letter_id
     producer = AIOKafkaProducer(**kafka_client_args(settings), acks="all")
@@ -237,6 +246,10 @@ def _intake_database_url() -> str:
 # audit: lead wires to shared/audit at merge
 async def audit(database_url: str, *, actor: str, action: str, object: str, result: str) -> None:
     """One audit record (who, what, on what, outcome) in intake's audit log."""
+    from sqlalchemy import text
+
+    from shared.db import make_engine, make_session_factory
+
     engine = make_engine(database_url, pool_size=1)
     try:
         async with make_session_factory(engine)() as session, session.begin():
@@ -258,6 +271,8 @@ def _actor() -> str:
 @app.command("list")
 def list_dead_letters(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Dead letters, oldest first: where they came from and why (no payload contents)."""
+    from shared.settings import ServiceSettings
+
     letters = asyncio.run(dead_letters(ServiceSettings()))
     if as_json:
         typer.echo(json.dumps([asdict(letter) for letter in letters], indent=2, default=str))
@@ -282,6 +297,8 @@ def replay_dead_letter(
     dead_letter_id: Annotated[str, typer.Argument(help="The id from `vroeg deadletter list`.")],
 ) -> None:
     """Offer a dead letter to its consumer once more (audited)."""
+    from shared.settings import ServiceSettings
+
     result = asyncio.run(replay(ServiceSettings(), dead_letter_id, actor=_actor()))
     console.print(result.message)
     if not result.done:
