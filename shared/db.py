@@ -29,8 +29,11 @@ def new_metadata() -> MetaData:
 def make_engine(url: str, *, pool_size: int = 8, max_overflow: int = 4) -> AsyncEngine:
     # No pre-ping: on these machines every round trip counts; a dropped connection is
     # an infrastructure error that the consumer retries and an HTTP client sees as 5xx.
-    # hide_parameters: a database error in a log or trace never shows the values it was
-    # given (amounts, household keys, sealed data).
+    # hide_parameters: a database error's text never lists the values it was given
+    # (amounts, household keys, sealed data). It does not stop the driver from quoting the
+    # value it failed on (asyncpg: "invalid input for query argument $1: '...'"), so no
+    # database error's text may be logged or traced at all: shared.telemetry describes an
+    # error by type, SQLSTATE and place, in log lines and in exported spans alike.
     return create_async_engine(
         url,
         pool_size=pool_size,

@@ -220,11 +220,35 @@ def encode_event(event: Event) -> bytes:
     return event.model_dump_json().encode()
 
 
+class ForeignEventType(TypeError):
+    """An event staged on, or received from, a topic it does not belong to."""
+
+
 @dataclass(frozen=True)
 class Topic:
+    """A topic and the event types that belong on it: the registry is the contract."""
+
     name: str
     events: tuple[type[Event], ...]
     purpose: str
+
+    @property
+    def event_types(self) -> frozenset[str]:
+        """The `event_type` names that belong on this topic."""
+        return frozenset(event.model_fields["event_type"].default for event in self.events)
+
+    def accepts(self, event: Event) -> bool:
+        return type(event) in self.events
+
+    def check(self, event: Event) -> str:
+        """This topic's name, once `event` is found to belong on it; staging a foreign type
+        is a programming error and raises at once."""
+        if not self.accepts(event):
+            raise ForeignEventType(
+                f"{type(event).__name__} does not belong on topic {self.name} "
+                f"(expected {', '.join(sorted(self.event_types)) or 'raw records only'})"
+            )
+        return self.name
 
 
 SIGNAL_RECEIVED = Topic("signal.received", (SignalReceived,), "intake → matching, retention")
@@ -246,3 +270,4 @@ TOPICS: tuple[Topic, ...] = (
     FEEDBACK_SENT,
     DEAD_LETTER,
 )
+TOPICS_BY_NAME: dict[str, Topic] = {topic.name: topic for topic in TOPICS}

@@ -9,10 +9,19 @@ lane, in one database transaction:
 - the handler runs in a savepoint, up to `consumer_max_attempts` times; a message that
   keeps failing goes to the dead-letter topic with the reason, the batch goes on;
 - then the transaction commits and only then is the Kafka offset committed.
-An infrastructure error (database or broker unreachable, deadlock) rolls the lane back,
-rewinds the partitions and retries with backoff: the message is not at fault, so it
-is never dead-lettered for it.
-Dead letters themselves go through the outbox, so they are as safe as any other event.
+An infrastructure error rolls the lane back, seeks every partition of the batch back to
+its first record and retries with backoff. Errors are classified (`error_kind`):
+- unreachable (database or broker down, too many connections): waited for, however
+  long; the message is not at fault, so it is never dead-lettered for it;
+- transient (deadlock, serialization failure, statement or lock timeout, a broken
+  operation on a live connection): retried, but after `consumer_max_transient_retries`
+  failed batches in a row the batch is taken record by record and a record that keeps
+  failing is dead-lettered with the reason, so no record loops for ever;
+- poison (everything else, such as a value the database refuses): the handler's
+  savepoint is retried `consumer_max_attempts` times, then dead-lettered.
+A record whose event type does not belong to its topic is dead-lettered at once.
+Dead letters themselves go through the outbox, so they are as safe as any other event;
+the inbox marks a dead-lettered event, which `vroeg deadletter replay` clears (ADR 0011).
 """
 
 from __future__ import annotations
@@ -21,20 +30,26 @@ import asyncio
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Protocol
 
+import asyncpg
 import structlog
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
+from aiokafka.helpers import create_ssl_context
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.security import parse_security
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 from opentelemetry import trace
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared import events as events_module
 from shared import metrics
 from shared.events import DEAD_LETTER, AnyEvent, Topic, decode_event
 from shared.outbox import (
@@ -49,6 +64,7 @@ from shared.telemetry import (
     current_trace_headers,
     error_fields,
     kafka_headers_to_dict,
+    mark_span_failed,
     sqlstate_of,
     trace_headers_of,
     tracing,
@@ -70,9 +86,21 @@ class Received:
 
 BatchHandler = Callable[[AsyncSession, Sequence[Received]], Awaitable[None]]
 
-# SQLSTATE classes that say "try again later", not "this message is bad":
-# 08 connection, 40 transaction rollback (deadlock, serialization), 53 resources, 57 operator.
-_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57")
+ErrorKind = Literal["unreachable", "transient", "poison"]
+
+# SQLSTATEs (PostgreSQL manual, appendix A "Error Codes") that say the database cannot be
+# reached or cannot take work now: class 08 connection exception, class 53 insufficient
+# resources (too many connections, disk full), 57P01-57P03 shutdown / cannot connect now.
+_UNREACHABLE_SQLSTATE_CLASSES = ("08", "53")
+_UNREACHABLE_SQLSTATES = ("57P01", "57P02", "57P03")
+# SQLSTATEs that may pass on a retry but may as well be caused by the record itself: class
+# 40 transaction rollback (serialization failure, deadlock), class 57 operator intervention
+# (57014 statement timeout), 55P03 lock not available (lock timeout).
+_TRANSIENT_SQLSTATE_CLASSES = ("40", "57")
+_TRANSIENT_SQLSTATES = ("55P03",)
+# Records of the dead-letter topic are keyed like the record they carry, cut to the
+# outbox's key column (shared.outbox: String(128)).
+_OUTBOX_KEY_LENGTH = 128
 
 
 class Rejected(Exception):
@@ -80,6 +108,43 @@ class Rejected(Exception):
 
     The text goes into the dead-letter headers: it must not hold personal data.
     """
+
+
+def kafka_security(settings: ServiceSettings) -> BaseSecurity | None:
+    """The TLS and SASL settings as faststream's security object (None: plaintext)."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    ssl_context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        ssl_context = create_ssl_context(
+            cafile=settings.kafka_ssl_cafile,
+            certfile=settings.kafka_ssl_certfile,
+            keyfile=settings.kafka_ssl_keyfile,
+        )
+    if protocol == "SSL":
+        return BaseSecurity(ssl_context=ssl_context)
+    assert settings.kafka_sasl_username and settings.kafka_sasl_password  # settings check it
+    sasl = {
+        "PLAIN": SASLPlaintext,
+        "SCRAM-SHA-256": SASLScram256,
+        "SCRAM-SHA-512": SASLScram512,
+    }[settings.kafka_sasl_mechanism or "PLAIN"]
+    return sasl(
+        username=settings.kafka_sasl_username,
+        password=settings.kafka_sasl_password.get_secret_value(),
+        ssl_context=ssl_context,
+        use_ssl=protocol == "SASL_SSL",
+    )
+
+
+def kafka_client_args(settings: ServiceSettings) -> dict[str, Any]:
+    """The same security as keyword arguments of aiokafka's clients (producer, consumer,
+    admin): faststream's own translation, so the broker and the clients never differ."""
+    return {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        **parse_security(kafka_security(settings)),
+    }
 
 
 def make_broker(settings: ServiceSettings) -> KafkaBroker:
@@ -90,6 +155,7 @@ def make_broker(settings: ServiceSettings) -> KafkaBroker:
         client_id=f"vroeg-{settings.service_name}",
         linger_ms=5,
         logger=None,
+        security=kafka_security(settings),
     )
 
 
@@ -97,7 +163,7 @@ def make_producer(settings: ServiceSettings) -> AIOKafkaProducer:
     """The outbox relay's producer: acks=all, idempotence as the broker allows, a short
     linger so that a round's records travel in few requests."""
     return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **kafka_client_args(settings),
         acks="all",
         enable_idempotence=settings.kafka_idempotence,
         client_id=f"vroeg-{settings.service_name}-relay",
@@ -106,15 +172,57 @@ def make_producer(settings: ServiceSettings) -> AIOKafkaProducer:
     )
 
 
-def is_infrastructure_error(exc: BaseException) -> bool:
-    if isinstance(exc, OSError | TimeoutError | KafkaError | InterfaceError):
-        return True
+def _driver_error(exc: BaseException) -> BaseException | None:
+    """The driver's own exception under SQLAlchemy's (asyncpg's, raised from the adapter's)."""
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "__cause__", None) or orig
+
+
+def error_kind(exc: BaseException) -> ErrorKind:
+    """Whether an error is the infrastructure's (wait: `unreachable`; retry a bounded number
+    of times: `transient`) or the record's (`poison`)."""
     if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated or isinstance(exc, OperationalError):
-            return True
+        if exc.connection_invalidated:
+            return "unreachable"
+        if isinstance(_driver_error(exc), asyncpg.DataError | ValueError):
+            # The driver refused a value (asyncpg: DataError, some of them an InterfaceError
+            # and a ValueError at once): the record is at fault, however often retried.
+            return "poison"
         sqlstate = sqlstate_of(exc)
-        return sqlstate is not None and sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
-    return False
+        if sqlstate is not None:
+            if sqlstate[:2] in _UNREACHABLE_SQLSTATE_CLASSES or sqlstate in _UNREACHABLE_SQLSTATES:
+                return "unreachable"
+            if sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES or sqlstate in _TRANSIENT_SQLSTATES:
+                return "transient"
+            return "transient" if isinstance(exc, OperationalError) else "poison"
+        if isinstance(exc, OperationalError):
+            return "unreachable"  # no SQLSTATE: the driver could not talk to the server
+        return "transient" if isinstance(exc, InterfaceError) else "poison"
+    if isinstance(exc, OSError | TimeoutError | KafkaError | PoolTimeoutError):
+        return "unreachable"
+    return "poison"
+
+
+def is_infrastructure_error(exc: BaseException) -> bool:
+    """Not the record's fault: the batch is rolled back and retried (bounded if transient)."""
+    return error_kind(exc) != "poison"
+
+
+# The names a validation error's location may show: the event models and their fields.
+# Any other part (an unexpected key, a key inside a free-form dict) comes from the
+# payload and could be personal data (a BSN as a key), so it is shown as "?".
+_KNOWN_NAMES = frozenset(
+    name
+    for model in vars(events_module).values()
+    if isinstance(model, type) and issubclass(model, BaseModel)
+    for name in (model.__name__, *model.model_fields)
+)
+
+
+def _location(loc: Sequence[int | str]) -> str:
+    return ".".join(
+        str(part) if isinstance(part, int) or part in _KNOWN_NAMES else "?" for part in loc
+    )
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -123,11 +231,35 @@ def failure_reason(exc: BaseException) -> str:
         return str(exc)
     if isinstance(exc, ValidationError):
         problems = [
-            f"{'.'.join(str(part) for part in error['loc'])}: {error['type']}"
+            f"{_location(error['loc'])}: {error['type']}"
             for error in exc.errors(include_input=False, include_url=False)
         ]
         return "invalid event: " + "; ".join(problems[:10])
-    return f"handler error: {type(exc).__name__}"
+    reason = f"handler error: {type(exc).__name__}"
+    sqlstate = sqlstate_of(exc)
+    if sqlstate:
+        reason += f" (SQLSTATE {sqlstate})"
+    if error_kind(exc) == "transient":
+        reason += ", transient error that kept coming back"
+    return reason
+
+
+class Seekable(Protocol):
+    def seek(self, partition: TopicPartition, offset: int) -> None: ...
+
+
+def rewind(consumer: Seekable, records: Sequence[Any]) -> dict[TopicPartition, int]:
+    """Seek every partition of a batch back to its first record, so that the next poll
+    returns the whole batch again and no offset is committed past an unprocessed record.
+    Done here with aiokafka's consumer rather than left to faststream's `nack()`, whose
+    rewind of a multi-partition batch differs between its 0.7 releases."""
+    earliest: dict[TopicPartition, int] = {}
+    for record in records:
+        partition = TopicPartition(record.topic, record.partition)
+        earliest[partition] = min(record.offset, earliest.get(partition, record.offset))
+    for partition, offset in earliest.items():
+        consumer.seek(partition, offset)
+    return earliest
 
 
 @dataclass(frozen=True)
@@ -200,6 +332,7 @@ class BatchConsumer:
         tables: MessagingTables,
     ) -> None:
         self.settings = settings
+        self.topics = {s.topic.name: s.topic for s in subscriptions}
         self.handlers = {s.topic.name: s.one() for s in subscriptions}
         self.batch_handlers = {
             s.topic.name: s.handle_many for s in subscriptions if s.handle_many is not None
@@ -209,6 +342,8 @@ class BatchConsumer:
         self.tables = tables
         self.group_id = settings.consumer_group
         self._backoff_s = settings.consumer_retry_backoff_s
+        # Batches in a row that failed on other than an unreachable database or broker.
+        self._failed_batches = 0
 
     def register(self, broker: KafkaBroker) -> None:
         async def on_batch(body: Any, msg: KafkaMessage) -> None:
@@ -240,11 +375,15 @@ class BatchConsumer:
     async def consume(self, msg: KafkaMessage) -> None:
         raw = msg.raw_message
         records = raw if isinstance(raw, tuple | list) else (raw,)
+        # After too many failed batches in a row, record by record: a transient error that
+        # keeps coming back on one record then counts towards that record's attempts.
+        strict = self._failed_batches >= self.settings.consumer_max_transient_retries
         with metrics.BATCH_SECONDS.labels(group=self.group_id).time():
             outcomes: list[tuple[str, str]] = []
             lanes = lanes_of(records, self.settings.consumer_lanes)
             results = await asyncio.gather(
-                *(self._transaction(lane) for lane in lanes), return_exceptions=True
+                *(self._transaction(lane, strict=strict) for lane in lanes),
+                return_exceptions=True,
             )
             # Every lane has ended (committed or rolled back) before the batch is judged.
             failures = [result for result in results if isinstance(result, BaseException)]
@@ -252,11 +391,14 @@ class BatchConsumer:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
                     raise failures[0]  # the service is stopping: the offsets stay uncommitted
-                await self._retry_later(msg, failures)
+                if any(error_kind(failure) != "unreachable" for failure in failures):
+                    self._failed_batches += 1  # an unreachable database is waited for
+                await self._retry_later(msg, records, failures)
                 return
             for result in results:
                 outcomes.extend(result)  # type: ignore[arg-type]
         self._backoff_s = self.settings.consumer_retry_backoff_s
+        self._failed_batches = 0
         for topic, outcome in outcomes:  # counted once the transaction committed
             metrics.EVENTS_CONSUMED.labels(topic=topic, outcome=outcome).inc()
         self.outbox.wake()
@@ -265,7 +407,9 @@ class BatchConsumer:
         except KafkaError as exc:  # partitions moved away: the new owner's inbox dedupes
             log.warning("offset commit failed", group=self.group_id, error=type(exc).__name__)
 
-    async def _retry_later(self, msg: KafkaMessage, failures: Sequence[BaseException]) -> None:
+    async def _retry_later(
+        self, msg: KafkaMessage, records: Sequence[Any], failures: Sequence[BaseException]
+    ) -> None:
         """Rewind the whole batch and wait before it comes again. Lanes that committed are
         redelivered with the rest, and their inbox drops them."""
         for failure in failures:  # each lane's failure, so no bug hides behind another
@@ -276,25 +420,38 @@ class BatchConsumer:
             "batch rolled back, will retry",
             group=self.group_id,
             errors=sorted({type(failure).__name__ for failure in failures}),
+            kinds=sorted({error_kind(failure) for failure in failures}),
+            failed_batches=self._failed_batches,
             backoff_s=self._backoff_s,
         )
-        await msg.nack()
-        await asyncio.sleep(self._backoff_s)  # retry delay, not synchronisation
-        self._backoff_s = min(self._backoff_s * 2, 30.0)
-
-    async def _transaction(self, records: Sequence[Any]) -> list[tuple[str, str]]:
-        """One lane of a batch in one database transaction; its outcomes once committed."""
-        outcomes: list[tuple[str, str]] = []
         try:
-            async with self.session_factory() as session, session.begin():
-                await self._process_batch(session, records, outcomes)
-        except _IsolateRecords as isolate:
-            # Something in the lane is poison: redo it record by record, each in a
-            # savepoint, so only the poison goes to the dead-letter topic.
-            outcomes.clear()
-            async with self.session_factory() as session, session.begin():
-                for record in records:
-                    await self._process(session, record, outcomes, isolate.spent_on)
+            rewind(msg.consumer, records)
+        except KafkaError as exc:  # a partition moved away: its new owner starts at the commit
+            log.warning("rewind failed", group=self.group_id, error=type(exc).__name__)
+        await asyncio.sleep(self._backoff_s)  # retry delay, not synchronisation
+        self._backoff_s = min(self._backoff_s * 2, self.settings.consumer_retry_backoff_max_s)
+
+    async def _transaction(
+        self, records: Sequence[Any], *, strict: bool = False
+    ) -> list[tuple[str, str]]:
+        """One lane of a batch in one database transaction; its outcomes once committed.
+        `strict`: the lane failed too often, so it goes record by record at once and a
+        transient error counts as a failed attempt."""
+        outcomes: list[tuple[str, str]] = []
+        spent_on = None
+        if not strict:
+            try:
+                async with self.session_factory() as session, session.begin():
+                    await self._process_batch(session, records, outcomes)
+                return outcomes
+            except _IsolateRecords as isolate:
+                spent_on = isolate.spent_on
+        # Something in the lane is poison: redo it record by record, each in a savepoint,
+        # so only the poison goes to the dead-letter topic.
+        outcomes.clear()
+        async with self.session_factory() as session, session.begin():
+            for record in records:
+                await self._process(session, record, outcomes, spent_on, strict=strict)
         return outcomes
 
     async def _process_batch(
@@ -306,6 +463,8 @@ class BatchConsumer:
             decoded = [(record, decode_event(record.value)) for record in records]
         except ValidationError:
             raise _IsolateRecords from None
+        if not all(self.topics[record.topic].accepts(event) for record, event in decoded):
+            raise _IsolateRecords  # a foreign event type: dead-lettered record by record
         fresh = await first_deliveries(
             session, self.tables, [(event.event_id, record.topic) for record, event in decoded]
         )
@@ -318,10 +477,14 @@ class BatchConsumer:
             incoming = kafka_headers_to_dict(record.headers)
             if record.topic not in self.batch_handlers:
                 span = _consumer_span(record.topic, incoming, event)
-                with trace.use_span(span, end_on_exit=True):
+                # No exception message on a span (it can quote a value): type and SQLSTATE.
+                with trace.use_span(
+                    span, end_on_exit=True, record_exception=False, set_status_on_exception=False
+                ):
                     try:
                         await self.handlers[record.topic](session, event)
                     except Exception as exc:
+                        mark_span_failed(span, exc)
                         if is_infrastructure_error(exc):
                             raise
                         raise _IsolateRecords(spent_on=event.event_id) from exc
@@ -340,6 +503,9 @@ class BatchConsumer:
             try:
                 await self.batch_handlers[topic](session, [received for received, _ in items])
             except Exception as exc:
+                for _, record_span in items:
+                    if record_span is not None:
+                        mark_span_failed(record_span, exc)
                 if is_infrastructure_error(exc):
                     raise
                 raise _IsolateRecords from exc
@@ -354,11 +520,15 @@ class BatchConsumer:
         record: Any,
         outcomes: list[tuple[str, str]],
         spent_on: Any = None,
+        *,
+        strict: bool = False,
     ) -> None:
         topic = record.topic
         headers = kafka_headers_to_dict(record.headers)
         span = span_for_record(topic, headers)
-        with trace.use_span(span, end_on_exit=True):
+        with trace.use_span(
+            span, end_on_exit=True, record_exception=False, set_status_on_exception=False
+        ):
             try:
                 event = decode_event(record.value)
             except ValidationError as exc:
@@ -369,22 +539,37 @@ class BatchConsumer:
             if not await first_delivery(session, self.tables, event.event_id, topic):
                 outcomes.append((topic, "duplicate"))
                 return
-            attempts = self.settings.consumer_max_attempts - (event.event_id == spent_on)
-            error = await self._handle_with_retries(
-                session, self.handlers[topic], event, max(attempts, 1)
-            )
-            if error is None:
-                outcomes.append((topic, "processed"))
-                return
+            reason: str | None = None
+            if not self.topics[topic].accepts(event):
+                reason = (
+                    f"event type {event.event_type} does not belong on topic {topic} "
+                    f"(expected {', '.join(sorted(self.topics[topic].event_types))})"
+                )
+            else:
+                attempts = self.settings.consumer_max_attempts - (event.event_id == spent_on)
+                error = await self._handle_with_retries(
+                    session, self.handlers[topic], event, max(attempts, 1), strict=strict
+                )
+                if error is None:
+                    outcomes.append((topic, "processed"))
+                    return
+                mark_span_failed(span, error)
+                reason = failure_reason(error)
             await session.execute(
                 update(self.tables.inbox)
                 .where(self.tables.inbox.c.event_id == event.event_id)
                 .values(outcome="deadlettered")
             )
-            await self._dead_letter(session, record, headers, failure_reason(error), outcomes)
+            await self._dead_letter(session, record, headers, reason, outcomes, event=event)
 
     async def _handle_with_retries(
-        self, session: AsyncSession, handle: Handler, event: AnyEvent, attempts: int
+        self,
+        session: AsyncSession,
+        handle: Handler,
+        event: AnyEvent,
+        attempts: int,
+        *,
+        strict: bool = False,
     ) -> Exception | None:
         error: Exception | None = None
         for _attempt in range(attempts):
@@ -393,7 +578,8 @@ class BatchConsumer:
                     await handle(session, event)
                 return None
             except Exception as exc:
-                if is_infrastructure_error(exc):
+                kind = error_kind(exc)
+                if kind == "unreachable" or (kind == "transient" and not strict):
                     raise
                 if isinstance(exc, Rejected):
                     return exc
@@ -407,6 +593,7 @@ class BatchConsumer:
         headers: dict[str, str],
         reason: str,
         outcomes: list[tuple[str, str]],
+        event: Any = None,
     ) -> None:
         outcomes.append((record.topic, "deadlettered"))
         log.error(
@@ -417,17 +604,22 @@ class BatchConsumer:
             reason=reason,
         )
         key = record.key.decode("utf-8", "replace") if record.key else "unknown"
+        known = (
+            {"dlq.event_id": str(event.event_id), "event_type": event.event_type} if event else {}
+        )
         await self.outbox.stage_raw(
             session,
             DEAD_LETTER,
-            key=key,
+            key=key[:_OUTBOX_KEY_LENGTH],  # a foreign producer's long key must not loop
             payload=record.value or b"",
             headers={
                 **headers,
+                **known,
                 "dlq.reason": reason,
                 "dlq.topic": record.topic,
                 "dlq.partition": str(record.partition),
                 "dlq.offset": str(record.offset),
+                "dlq.key": key,
                 "dlq.group": self.group_id,
             },
         )

@@ -181,7 +181,7 @@ class Outbox:
             else [current_trace_headers()] * len(events)
         )
         return {
-            "topics": [topic.name for topic, _ in events],
+            "topics": [topic.check(event) for topic, event in events],  # a foreign type raises
             "keys": [event.household_key for _, event in events],
             "payloads": [encode_event(event) for _, event in events],
             "headers": [

@@ -87,6 +87,26 @@ class ServiceSettings(BaseSettings):
         "turn on with Apache Kafka.",
     )
     kafka_partitions: int = Field(6, description="Partitions per topic when topics are created.")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="How clients talk to Kafka. PLAINTEXT for the embedded Tansu broker; "
+        "SSL or SASL_SSL for Apache Kafka. Production refuses SASL_PLAINTEXT: the password "
+        "would cross the network readable.",
+    )
+    kafka_ssl_cafile: str | None = Field(
+        None, description="CA bundle (PEM) that signed the brokers' certificates; None: system CAs."
+    )
+    kafka_ssl_certfile: str | None = Field(
+        None, description="Client certificate (PEM) for mutual TLS; needs kafka_ssl_keyfile."
+    )
+    kafka_ssl_keyfile: str | None = Field(
+        None, description="Private key (PEM, unencrypted) of the client certificate."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism with SASL_SSL / SASL_PLAINTEXT."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password.")
     postgres_url: str = Field(
         "postgresql+asyncpg://postgres@127.0.0.1:5432",
         description="PostgreSQL server URL (SQLAlchemy form); each service sets its own database.",
@@ -123,6 +143,17 @@ class ServiceSettings(BaseSettings):
     )
     consumer_retry_backoff_s: float = Field(
         0.5, description="First wait before retrying after an infrastructure error (doubles)."
+    )
+    consumer_retry_backoff_max_s: float = Field(
+        30.0, description="Longest wait between retries of a batch after infrastructure errors."
+    )
+    consumer_max_transient_retries: int = Field(
+        5,
+        ge=1,
+        description="Batches in a row that may fail on a transient database error (deadlock, "
+        "statement timeout, a broken operation) before the batch is taken record by record "
+        "and a record that keeps failing is dead-lettered with the reason. An unreachable "
+        "database or broker never counts: it is waited for, however long.",
     )
     consumer_session_timeout_ms: int = Field(
         6_000, description="Kafka consumer session timeout; a dead replica is noticed after it."
@@ -171,6 +202,30 @@ class ServiceSettings(BaseSettings):
     @property
     def consumer_group(self) -> str:
         return f"{self.database_prefix}-{self.service_name}"
+
+    @model_validator(mode="after")
+    def check_kafka_security(self) -> ServiceSettings:
+        """SASL settings come whole or not at all; client certificates come with their key."""
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        if sasl and not (
+            self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"kafka_security_protocol {self.kafka_security_protocol} needs "
+                "kafka_sasl_mechanism, kafka_sasl_username and kafka_sasl_password"
+            )
+        if not sasl and (self.kafka_sasl_mechanism or self.kafka_sasl_username):
+            raise ValueError(
+                "kafka_sasl_* settings need kafka_security_protocol SASL_SSL or SASL_PLAINTEXT"
+            )
+        if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
+            raise ValueError("kafka_ssl_certfile and kafka_ssl_keyfile go together")
+        if self.environment == "production" and self.kafka_security_protocol == "SASL_PLAINTEXT":
+            raise ValueError(
+                "kafka_security_protocol SASL_PLAINTEXT sends the Kafka password unencrypted: "
+                "use SASL_SSL in production"
+            )
+        return self
 
     @model_validator(mode="after")
     def refuse_development_secrets(self) -> ServiceSettings:

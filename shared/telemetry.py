@@ -2,6 +2,13 @@
 
 Span attributes and log fields carry identifiers (event ids, case ids, municipality
 codes, topic names), never personal data: no names, addresses, BSNs or amounts.
+
+No exception message reaches a log line or a span: a database or validation error's text
+can quote the value it failed on (asyncpg's DataError does, despite `hide_parameters`).
+An error is described by its type, its SQLSTATE and the place it was raised
+(`error_fields`), in structlog's lines, in the standard library's (uvicorn, aiokafka,
+faststream) and in exported spans (`ScrubbingSpanExporter`, which also covers the
+instrumentations that record `exception.message` or put the text in the span status).
 """
 
 from __future__ import annotations
@@ -20,13 +27,14 @@ import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
     SpanExporter,
     SpanExportResult,
 )
+from opentelemetry.trace import Status, StatusCode
 
 from shared.settings import ServiceSettings
 
@@ -68,16 +76,71 @@ class JsonLinesSpanExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
+# Event attributes (OpenTelemetry semantic conventions, "Exceptions") that hold an
+# exception's text: its message, and the traceback whose last line repeats it.
+_EXCEPTION_TEXT_ATTRIBUTES = ("exception.message", "exception.stacktrace")
+
+
+def scrubbed(span: ReadableSpan) -> ReadableSpan:
+    """The span without exception text: events keep `exception.type`, the status keeps its
+    code and drops its description (SQLAlchemy's instrumentation puts str(error) there)."""
+    events = [
+        Event(
+            event.name,
+            {
+                key: value
+                for key, value in (event.attributes or {}).items()
+                if key not in _EXCEPTION_TEXT_ATTRIBUTES
+            },
+            event.timestamp,
+        )
+        for event in span.events
+    ]
+    return ReadableSpan(
+        name=span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=span.attributes,
+        events=events,
+        links=span.links,
+        kind=span.kind,
+        status=Status(span.status.status_code),
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+class ScrubbingSpanExporter(SpanExporter):
+    """Hands spans to another exporter without any exception message (see `scrubbed`)."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self._inner = inner
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self._inner.export([scrubbed(span) for span in spans])
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
 def _exporter(settings: ServiceSettings) -> SpanExporter | None:
+    exporter: SpanExporter
     if settings.otel_exporter == "console":
-        return ConsoleSpanExporter(out=sys.stderr)
-    if settings.otel_exporter == "file":
-        return JsonLinesSpanExporter(settings.otel_file)
-    if settings.otel_exporter == "otlp":
+        exporter = ConsoleSpanExporter(out=sys.stderr)
+    elif settings.otel_exporter == "file":
+        exporter = JsonLinesSpanExporter(settings.otel_file)
+    elif settings.otel_exporter == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        return OTLPSpanExporter(endpoint=settings.otel_endpoint)
-    return None
+        exporter = OTLPSpanExporter(endpoint=settings.otel_endpoint)
+    else:
+        return None
+    return ScrubbingSpanExporter(exporter)
 
 
 def configure(settings: ServiceSettings) -> None:
@@ -99,7 +162,7 @@ def configure(settings: ServiceSettings) -> None:
         )
     )
     # Export off the request path; the file exporter (development, tests) flushes often.
-    delay_ms = 100 if isinstance(exporter, JsonLinesSpanExporter) else 5000
+    delay_ms = 100 if settings.otel_exporter == "file" else 5000
     provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=delay_ms))
     trace.set_tracer_provider(provider)
     _tracing = True
@@ -112,10 +175,70 @@ def tracing() -> bool:
     return _tracing
 
 
+def describe_error(exc: BaseException) -> str:
+    """An exception in one line without its message: type, SQLSTATE, place."""
+    return " ".join(f"{key}={value}" for key, value in error_fields(exc).items())
+
+
+class SafeFormatter(logging.Formatter):
+    """The standard library's log lines (uvicorn's error log, aiokafka, faststream) with an
+    exception as its type, SQLSTATE and place: never its message or traceback text."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if isinstance(record.msg, BaseException):
+            record.msg = describe_error(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                describe_error(arg) if isinstance(arg, BaseException) else arg
+                for arg in record.args
+            )
+        elif isinstance(record.args, Mapping):
+            record.args = {
+                key: describe_error(arg) if isinstance(arg, BaseException) else arg
+                for key, arg in record.args.items()
+            }
+        return super().format(record)
+
+    def formatException(self, ei: Any) -> str:
+        exc = ei[1] if isinstance(ei, tuple) else None
+        return describe_error(exc) if isinstance(exc, BaseException) else ""
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to the process' current stderr; a record it cannot write is dropped without
+    the standard library's report, which prints the traceback of the exception being
+    handled, message and all."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        return None
+
+
+def safe_exc_info(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog's `format_exc_info` without the message: `log.exception(...)` and an
+    exception passed as a field give type, SQLSTATE and place."""
+    exc_info = event.pop("exc_info", None)
+    if exc_info is True:
+        exc_info = sys.exc_info()
+    exc = exc_info[1] if isinstance(exc_info, tuple) else exc_info
+    if isinstance(exc, BaseException):
+        for key, value in error_fields(exc).items():
+            event.setdefault(key, value)
+    for key, value in list(event.items()):
+        if isinstance(value, BaseException):
+            event[key] = describe_error(value)
+    return event
+
+
 def _configure_logging(settings: ServiceSettings) -> None:
-    logging.basicConfig(
-        format="%(message)s", stream=sys.stderr, level=settings.log_level.upper(), force=True
-    )
+    handler = _StderrHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter("%(message)s"))
+    logging.basicConfig(handlers=[handler], level=settings.log_level.upper(), force=True)
     for noisy in ("aiokafka", "faststream", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.configure(
@@ -124,7 +247,7 @@ def _configure_logging(settings: ServiceSettings) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _add_trace_ids,
-            structlog.processors.format_exc_info,
+            safe_exc_info,
             structlog.processors.JSONRenderer(),
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
@@ -181,6 +304,16 @@ def error_fields(exc: BaseException) -> dict[str, str]:
     if frames:
         fields["raised_at"] = f"{frames[-1].filename}:{frames[-1].lineno} {frames[-1].name}"
     return fields
+
+
+def mark_span_failed(span: trace.Span, exc: BaseException) -> None:
+    """Mark a span failed with the error's type and SQLSTATE (semantic conventions
+    `error.type`, `db.response.status_code`), never its message."""
+    fields = error_fields(exc)
+    span.set_status(Status(StatusCode.ERROR))
+    span.set_attribute("error.type", fields["error"])
+    if "sqlstate" in fields:
+        span.set_attribute("db.response.status_code", fields["sqlstate"])
 
 
 TRACE_HEADERS = ("traceparent", "tracestate")

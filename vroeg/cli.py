@@ -20,6 +20,7 @@ from rich.table import Table
 
 from shared.events import SignalKind
 from vroeg.audit_cmd import audit_app
+from vroeg.deadletter import app as deadletter_app
 
 app = typer.Typer(help="Vroegsignalering: regional platform for early signalling of arrears.")
 partner_app = typer.Typer(help="Signal partners (creditor organisations).")
@@ -31,6 +32,7 @@ rules_app = typer.Typer(help="Each municipality's matching rules (consecutive wi
 app.add_typer(rules_app, name="matchregels")
 app.add_typer(addresses_app, name="adressen")
 app.add_typer(audit_app, name="audit")
+app.add_typer(deadletter_app, name="deadletter")
 console = Console()
 
 PARTNER_TYPES = get_args(SignalKind)

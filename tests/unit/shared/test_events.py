@@ -6,13 +6,18 @@ import pytest
 from pydantic import ValidationError
 
 from shared.events import (
+    DEAD_LETTER,
+    MATCH_CREATED,
+    SIGNAL_RECEIVED,
     TOPICS,
+    ForeignEventType,
     MatchCreated,
     MatchedSignal,
     SignalReceived,
     decode_event,
     encode_event,
 )
+from shared.outbox import Outbox
 
 KEY = "ab" * 32
 PERSONAL_FIELD_WORDS = (
@@ -94,3 +99,21 @@ def test_topic_names_are_unique_and_include_the_agreed_four() -> None:
     names = [t.name for t in TOPICS]
     assert len(names) == len(set(names))
     assert {"signal.received", "match.created", "outreach.due", "feedback.sent"} <= set(names)
+
+
+def test_each_topic_knows_its_event_types() -> None:
+    assert SIGNAL_RECEIVED.event_types == {"SignalReceived"}
+    assert SIGNAL_RECEIVED.accepts(signal())
+    assert SIGNAL_RECEIVED.check(signal()) == "signal.received"
+    for topic in TOPICS:
+        assert len(topic.event_types) == len(topic.events), topic.name
+
+
+def test_staging_an_event_on_a_foreign_topic_raises_at_once() -> None:
+    with pytest.raises(ForeignEventType, match="SignalReceived does not belong on topic match"):
+        MATCH_CREATED.check(signal())
+    with pytest.raises(ForeignEventType):
+        Outbox.columns([(MATCH_CREATED, signal())])  # every stage goes through the columns
+    with pytest.raises(ForeignEventType, match="raw records only"):
+        Outbox.columns([(DEAD_LETTER, signal())])
+    assert Outbox.columns([(SIGNAL_RECEIVED, signal())])["topics"] == ["signal.received"]

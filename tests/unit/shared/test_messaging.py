@@ -1,21 +1,42 @@
 import base64
 from dataclasses import dataclass
+from types import SimpleNamespace
 
+import asyncpg
 import pytest
+from aiokafka import TopicPartition
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
 from services.intake.settings import IntakeSettings
 from shared.events import decode_event
-from shared.messaging import Rejected, failure_reason, is_infrastructure_error, lanes_of
+from shared.messaging import (
+    Rejected,
+    error_kind,
+    failure_reason,
+    is_infrastructure_error,
+    lanes_of,
+    rewind,
+)
 from shared.settings import ServiceSettings
 
 
 class _Orig(Exception):
-    def __init__(self, sqlstate: str) -> None:
+    def __init__(self, sqlstate: str | None = None) -> None:
         self.sqlstate = sqlstate
+
+
+class _ClientDataError(asyncpg.InterfaceError, ValueError):
+    """As asyncpg's client-side DataError: an InterfaceError and a ValueError at once."""
+
+
+def _asyncpg_data_error() -> InterfaceError:
+    """What SQLAlchemy raises when asyncpg refuses a value on the client side."""
+    orig = _Orig()
+    orig.__cause__ = _ClientDataError("invalid input for query argument $1: 'Jansen'")
+    return InterfaceError("SELECT", {}, orig)
 
 
 def test_unreachable_database_or_broker_is_infrastructure_not_poison() -> None:
@@ -30,6 +51,65 @@ def test_a_broken_rule_is_poison() -> None:
     assert not is_infrastructure_error(Rejected("bad"))
 
 
+def test_errors_are_classified_unreachable_transient_or_poison() -> None:
+    # Waited for, never dead-lettered: the database or broker cannot be reached.
+    assert error_kind(ConnectionRefusedError()) == "unreachable"
+    assert error_kind(OperationalError("SELECT 1", {}, _Orig("08006"))) == "unreachable"
+    assert error_kind(DBAPIError("x", {}, _Orig("53300"))) == "unreachable"  # too many conns
+    assert error_kind(DBAPIError("x", {}, _Orig("57P01"))) == "unreachable"  # admin shutdown
+    assert error_kind(OperationalError("SELECT 1", {}, _Orig())) == "unreachable"
+    invalidated = InterfaceError("x", {}, _Orig(), connection_invalidated=True)
+    assert error_kind(invalidated) == "unreachable"
+    # Retried, but bounded: the record itself may be the cause.
+    assert error_kind(DBAPIError("x", {}, _Orig("57014"))) == "transient"  # statement timeout
+    assert error_kind(DBAPIError("x", {}, _Orig("55P03"))) == "transient"  # lock timeout
+    assert error_kind(DBAPIError("x", {}, _Orig("40P01"))) == "transient"  # deadlock
+    assert error_kind(InterfaceError("x", {}, _Orig())) == "transient"
+    # The record's fault at once.
+    assert error_kind(_asyncpg_data_error()) == "poison"
+    assert error_kind(DBAPIError("x", {}, _Orig("22P02"))) == "poison"
+    assert error_kind(IntegrityError("x", {}, _Orig("23505"))) == "poison"
+
+
+def test_a_transient_error_that_kept_coming_back_is_named_in_the_reason() -> None:
+    reason = failure_reason(DBAPIError("SELECT pg_sleep(1)", {}, _Orig("57014")))
+    assert (
+        reason
+        == "handler error: DBAPIError (SQLSTATE 57014), transient error that kept coming back"
+    )
+    assert "Jansen" not in failure_reason(_asyncpg_data_error())
+
+
+class _Seeks:
+    def __init__(self) -> None:
+        self.seeks: dict[TopicPartition, int] = {}
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self.seeks[partition] = offset
+
+
+def test_rewind_seeks_every_partition_of_the_batch_to_its_first_record() -> None:
+    records = [
+        SimpleNamespace(topic=topic, partition=partition, offset=offset)
+        for topic, partition, offset in [
+            ("a", 1, 7),
+            ("a", 0, 3),
+            ("a", 1, 8),
+            ("b", 0, 40),
+            ("a", 2, 11),
+            ("a", 0, 4),
+        ]
+    ]
+    consumer = _Seeks()
+    rewind(consumer, records)
+    assert consumer.seeks == {
+        TopicPartition("a", 0): 3,
+        TopicPartition("a", 1): 7,
+        TopicPartition("a", 2): 11,
+        TopicPartition("b", 0): 40,
+    }
+
+
 def test_failure_reason_names_the_rule_but_never_the_data() -> None:
     with pytest.raises(ValidationError) as caught:
         decode_event(b'{"event_type":"SignalReceived","gemeentecode":"Jansen, Brinkstraat 12"}')
@@ -37,6 +117,12 @@ def test_failure_reason_names_the_rule_but_never_the_data() -> None:
     assert "gemeentecode" in reason
     assert "Jansen" not in reason and "Brinkstraat" not in reason
     assert failure_reason(KeyError("Jansen")) == "handler error: KeyError"
+    with pytest.raises(ValidationError) as caught:
+        decode_event(b'{"event_type":"OutreachDue","999990019":1}')
+    reason = failure_reason(caught.value)
+    assert "OutreachDue.?: extra_forbidden" in reason  # an unexpected key: not shown
+    assert "OutreachDue.case_id: missing" in reason
+    assert "999990019" not in reason
 
 
 def test_production_refuses_development_and_placeholder_secrets() -> None:
