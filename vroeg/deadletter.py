@@ -243,22 +243,17 @@ def _intake_database_url() -> str:
     return IntakeSettings().database_url
 
 
-# audit: lead wires to shared/audit at merge
 async def audit(database_url: str, *, actor: str, action: str, object: str, result: str) -> None:
-    """One audit record (who, what, on what, outcome) in intake's audit log."""
-    from sqlalchemy import text
-
+    """One record in intake's hash-chained audit trail (the operator's log of the region)."""
+    from services.intake.models import audit as intake_audit
+    from shared import audit as audit_trail
     from shared.db import make_engine, make_session_factory
 
     engine = make_engine(database_url, pool_size=1)
     try:
         async with make_session_factory(engine)() as session, session.begin():
-            await session.execute(
-                text(
-                    "INSERT INTO audit_log (at, actor, action, object, result) "
-                    "VALUES (now(), :actor, :action, :object, :result)"
-                ),
-                {"actor": actor, "action": action, "object": object, "result": result},
+            await audit_trail.record(
+                session, intake_audit, actor=actor, action=action, object_=object, result=result
             )
     finally:
         await engine.dispose()
