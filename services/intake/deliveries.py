@@ -40,6 +40,12 @@ log = structlog.get_logger(__name__)
 
 RECEIVED, PROCESSING, PROCESSED = "ontvangen", "in-verwerking", "verwerkt"
 DELIVERY_CONTEXT = "levering.inhoud"
+PARTNER_DISABLED = {
+    "name": "partner",
+    "code": "partner-uitgezet",
+    "reason": "Uw organisatie is als partner uitgezet voordat deze regel verwerkt was; de "
+    "regel is niet aangenomen.",
+}
 
 
 _INSERT_LINES = text(
@@ -261,22 +267,29 @@ class DeliveryWorker:
             except ValidationError as exc:
                 refused[number] = params_from_validation(exc.errors())
         async with self.session_factory() as session, session.begin():
-            outcomes = await handlers.accept_signals(
-                session,
-                self.vault,
-                self.outbox,
-                partner,
-                [signal for _, signal in parsed],
-                region=self.region,
-                household_secret=self.settings.household_key_secret.get_secret_value(),
-                now=now,
-                levering_id=delivery_id,
-            )
+            try:
+                outcomes = await handlers.accept_signals(
+                    session,
+                    self.vault,
+                    self.outbox,
+                    partner,
+                    [signal for _, signal in parsed],
+                    region=self.region,
+                    household_secret=self.settings.household_key_secret.get_secret_value(),
+                    now=now,
+                    levering_id=delivery_id,
+                    require_active_partner=True,
+                    hold_partner=True,
+                )
+            except handlers.PartnerDisabled:
+                # The partner was disabled: its queued lines stop here, each told why.
+                refused.update({number: [PARTNER_DISABLED] for number, _ in parsed})
+                parsed, outcomes = [], []
             rows = []
             for (number, _signal), outcome in zip(parsed, outcomes, strict=True):
                 if isinstance(outcome, handlers.Refused):
                     refused[number] = [
-                        {"name": v.name, "code": "regel", "reason": v.reason}
+                        {"name": v.name, "code": v.code, "reason": v.reason}
                         for v in outcome.violations
                     ]
                     continue
