@@ -120,7 +120,7 @@ def test_a_late_delivery_in_one_go_is_classified_by_the_signals_months(
     received = T0 + dt.timedelta(days=late_days)
     facts = [SignalFact(uuid.uuid4(), c, d, a, received) for c, d, a in drawn]
     result = match_household("h", [], [], facts, MunicipalityRules(opeenvolgend_maanden=window))
-    [(match, verdict)] = result.matches
+    [(_, verdict)] = result.matches
     assert verdict.soort == expected_kind(facts, window)
     latest = latest_per_creditor(facts)
     assert verdict.aantal_schuldeisers == len(latest)
