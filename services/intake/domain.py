@@ -55,13 +55,14 @@ def conflict_violations(fields: Sequence[str], signal_id: str) -> list[Violation
     ]
 
 
-def duplicate_line(fields: Sequence[str]) -> Violation:
+def duplicate_line(fields: Sequence[str], first_line: int | None = None) -> Violation:
     """A partnerSignaalId twice in one delivery: the later line is refused."""
-    differs = f" (en verschilt in {', '.join(fields)})" if fields else ""
+    where = f" (regel {first_line})" if first_line is not None else ""
+    differs = f" en verschilt daarvan in {', '.join(fields)}" if fields else ""
     return Violation(
         "partnerSignaalId",
-        f"Dit partnerSignaalId staat al op een eerdere regel van deze levering{differs}; "
-        "deze regel is niet aangenomen.",
+        f"Dit partnerSignaalId staat al op een eerdere regel van deze levering{where}"
+        f"{differs}; deze regel is niet aangenomen.",
         "dubbel",
     )
 
