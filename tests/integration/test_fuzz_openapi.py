@@ -64,12 +64,13 @@ def _schema(*, phases: dict[str, Any]) -> Any:
                 {
                     # A schema-valid body can still break a rule the document cannot
                     # express (an address outside the address table, a date in the future,
-                    # the elfproef, an empty delivery): a documented 400 is an answer.
+                    # the elfproef, an empty delivery): a documented 400 is an answer; and
+                    # a partnerSignaalId drawn again with other content: a documented 409.
                     "include-method": "POST",
                     "include-path-regex": "/(signalen|leveringen)$",
                     "checks": {
                         "positive_data_acceptance": {
-                            "expected-statuses": ["2xx", "400", "401", "429"]
+                            "expected-statuses": ["2xx", "400", "401", "409", "429"]
                         }
                     },
                 }
