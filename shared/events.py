@@ -111,6 +111,17 @@ class BlacklistChanged(Event):
     einde: dt.date
 
 
+class SignalWithdrawn(Event):
+    """A partner withdrew one of its signals (paid before the municipality acted, or sent
+    in error); matching recomputes the signal's match without it."""
+
+    event_type: Literal["SignalWithdrawn"] = "SignalWithdrawn"
+    signal_id: UUID
+    partner_id: UUID
+    partner_signaal_id: str
+    ingetrokken_op: dt.datetime
+
+
 class MatchedSignal(BaseModel):
     """One signal as it stands inside a match."""
 
@@ -133,7 +144,7 @@ class _MatchState(Event):
     match_id: UUID
     version: int = Field(ge=1)
     soort: MatchKind
-    aantal_schuldeisers: int = Field(ge=1)
+    aantal_schuldeisers: int = Field(ge=0, description="0 once every signal was withdrawn.")
     totaal_achterstand: Amount
     doorgestuurd_op: dt.datetime = Field(
         description="Forwarded to case handling: the clock starts."
@@ -144,7 +155,16 @@ class _MatchState(Event):
         description="Why, for the caseworker and the audit: the rule and its source, the "
         "signals it counted (ids only), the month or earlier months that decided it.",
     )
-    signalen: tuple[MatchedSignal, ...] = Field(min_length=1)
+    signalen: tuple[MatchedSignal, ...] = Field(
+        description="The match's signals, bounded (services.matching.domain.MAX_EVENT_SIGNALS): "
+        "always the ones the totals count (the latest per creditor), then the newest others."
+    )
+    aantal_signalen: int = Field(
+        0, ge=0, description="How many signals the match holds, withdrawn ones not counted."
+    )
+    ingetrokken: tuple[UUID, ...] = Field(
+        (), description="Signals of the match that their partner withdrew (ids only)."
+    )
 
 
 class MatchCreated(_MatchState):
@@ -201,6 +221,7 @@ class FeedbackSent(Event):
 AnyEvent = Annotated[
     SignalReceived
     | SignalBlocked
+    | SignalWithdrawn
     | BlacklistChanged
     | MatchCreated
     | MatchUpdated
@@ -253,6 +274,9 @@ class Topic:
 
 SIGNAL_RECEIVED = Topic("signal.received", (SignalReceived,), "intake → matching, retention")
 SIGNAL_BLOCKED = Topic("signal.blocked", (SignalBlocked,), "intake → feedback, retention")
+# A topic of its own (ADR 0012): consumers of signal.received need not know withdrawals;
+# matching keeps a withdrawal that overtakes its signal.
+SIGNAL_WITHDRAWN = Topic("signal.withdrawn", (SignalWithdrawn,), "intake → matching")
 BLACKLIST_CHANGED = Topic("blacklist.changed", (BlacklistChanged,), "outreach → intake")
 MATCH_CREATED = Topic("match.created", (MatchCreated,), "matching → outreach, retention")
 MATCH_UPDATED = Topic("match.updated", (MatchUpdated,), "matching → outreach, retention")
@@ -263,6 +287,7 @@ DEAD_LETTER = Topic("deadletter", (), "messages a consumer could not process, wi
 TOPICS: tuple[Topic, ...] = (
     SIGNAL_RECEIVED,
     SIGNAL_BLOCKED,
+    SIGNAL_WITHDRAWN,
     BLACKLIST_CHANGED,
     MATCH_CREATED,
     MATCH_UPDATED,

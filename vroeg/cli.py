@@ -213,6 +213,24 @@ def partner_add(
     naam: Annotated[str, typer.Option(help="Name of the organisation.")],
     type_: Annotated[str, typer.Option("--type", help="DDAS partner type, e.g. Huur, Energie.")],
     kvk: Annotated[str | None, typer.Option(help="KvK number (8 digits).")] = None,
+    soort: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--soort",
+            help="Another kind of arrears it may report besides its type (repeatable), e.g. "
+            "a housing corporation that also supplies heat: --type Huur --soort Energie.",
+        ),
+    ] = None,
+    afspraak: Annotated[
+        str, typer.Option(help="Its agreement: convenant (the national one) or eigen.")
+    ] = "convenant",
+    afspraak_sinds: Annotated[
+        str | None, typer.Option(help="The agreement holds from this date (YYYY-MM-DD; today).")
+    ] = None,
+    signaal_na_dagen: Annotated[
+        int | None,
+        typer.Option(help="After how many days of arrears it signals, as its agreement says."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Register a partner; prints its client_id and client_secret once."""
@@ -220,6 +238,19 @@ def partner_add(
         raise typer.BadParameter(
             f"unknown type; one of: {', '.join(PARTNER_TYPES)}", param_hint="--type"
         )
+    for extra in soort or []:
+        if extra not in PARTNER_TYPES:
+            raise typer.BadParameter(
+                f"unknown kind {extra!r}; one of: {', '.join(PARTNER_TYPES)}", param_hint="--soort"
+            )
+    if afspraak not in ("convenant", "eigen"):
+        raise typer.BadParameter("convenant or eigen", param_hint="--afspraak")
+    try:
+        since = dt.date.fromisoformat(afspraak_sinds) if afspraak_sinds else None
+    except ValueError:
+        raise typer.BadParameter("a date as YYYY-MM-DD", param_hint="--afspraak-sinds") from None
+    if signaal_na_dagen is not None and signaal_na_dagen < 1:
+        raise typer.BadParameter("at least 1", param_hint="--signaal-na-dagen")
     if kvk is not None and not (kvk.isdigit() and len(kvk) == 8):
         raise typer.BadParameter("a KvK number has 8 digits", param_hint="--kvk")
     from services.intake import handlers
@@ -230,7 +261,15 @@ def partner_add(
     async def add() -> dict[str, str]:
         async with _transaction(_intake_url()) as session:
             partner, secret = await handlers.add_partner(
-                session, naam=naam, soort=type_, kvk_nummer=kvk, now=utc_now()
+                session,
+                naam=naam,
+                soort=type_,
+                kvk_nummer=kvk,
+                now=utc_now(),
+                soorten=soort or [],
+                afspraak=afspraak,
+                afspraak_sinds=since,
+                signaal_na_dagen=signaal_na_dagen,
             )
             await audit_trail.record(
                 session,
@@ -254,7 +293,8 @@ def partner_add(
 
 @partner_app.command("list")
 def partner_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Every partner: name, type, client_id, whether it may deliver."""
+    """Every partner: name, type, the kinds it may report, its agreement, client_id,
+    whether it may deliver."""
     from sqlalchemy import select
 
     from services.intake.models import Partner
@@ -267,6 +307,10 @@ def partner_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
                     "naam": p.naam,
                     "type": p.soort,
                     "kvk": p.kvk_nummer,
+                    "soorten": list(p.soorten),
+                    "afspraak": p.afspraak,
+                    "afspraak_sinds": p.afspraak_sinds.isoformat(),
+                    "signaal_na_dagen": p.signaal_na_dagen,
                     "client_id": p.client_id,
                     "actief": p.actief,
                 }
@@ -280,6 +324,11 @@ def partner_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
             "naam": lambda p: p["naam"],
             "type": lambda p: p["type"],
             "kvk": lambda p: p["kvk"] or "",
+            "soorten": lambda p: ", ".join(p["soorten"]),
+            "afspraak": lambda p: (
+                f"{p['afspraak']} sinds {p['afspraak_sinds']}"
+                + (f", na {p['signaal_na_dagen']} dagen" if p["signaal_na_dagen"] else "")
+            ),
             "client_id": lambda p: p["client_id"],
             "actief": lambda p: "ja" if p["actief"] else "nee",
         },

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Form, Header, Query, Request, Response
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.intake import deliveries, handlers
+from services.intake import deliveries, domain, handlers
 from services.intake.auth import (
     CurrentPartner,
     PartnerIdentity,
@@ -136,13 +136,23 @@ async def token(
     summary="Lever één signaal aan",
     description="Het signaal wordt gecontroleerd, naar de gemeente van het adres gerouteerd en "
     "doorgestuurd, of niet doorgestuurd als de gemeente signalen voor dit adres niet oppakt. "
-    "Hetzelfde partnerSignaalId opnieuw geeft 200 en dezelfde ontvangstbevestiging.",
+    "Hetzelfde partnerSignaalId opnieuw met dezelfde inhoud geeft 200 en dezelfde "
+    "ontvangstbevestiging; met andere inhoud 409, met de velden die verschillen.",
     responses={
         200: {
             "model": Receipt,
             "description": "Dit signaal was al geleverd: dezelfde ontvangstbevestiging.",
         },
         **_REFUSALS,
+        403: {
+            **_PROBLEM,
+            "description": "U bent niet aangemeld voor deze soort achterstand (veld soort).",
+        },
+        409: {
+            **_PROBLEM,
+            "description": "Dit partnerSignaalId is eerder geleverd met andere inhoud; "
+            "invalidParams noemt de velden die verschillen. Er is niets gewijzigd.",
+        },
     },
 )
 async def deliver_signal(request: Request, signal: SignalIn, partner: LimitedPartner) -> Response:
@@ -165,9 +175,7 @@ async def deliver_signal(request: Request, signal: SignalIn, partner: LimitedPar
         )
         await session.close()
     if isinstance(outcome, handlers.Refused):
-        raise invalid_input(
-            [{"name": v.name, "code": "regel", "reason": v.reason} for v in outcome.violations]
-        )
+        raise _refusal(outcome)
     if outcome.created:
         runtime.outbox.wake()
     request.state.audit_object = f"signaal:{outcome.receipt.id}"
@@ -178,6 +186,53 @@ async def deliver_signal(request: Request, signal: SignalIn, partner: LimitedPar
         media_type="application/json",
         headers={"Location": f"/api/v1/signalen/{outcome.receipt.id}"},
     )
+
+
+def _refusal(outcome: handlers.Refused) -> Problem:
+    """400 for a broken rule; 403 for a kind the partner is not registered for; 409 for a
+    partnerSignaalId delivered before with other content. Every field and rule is named."""
+    params = [{"name": v.name, "code": v.code, "reason": v.reason} for v in outcome.violations]
+    problem = invalid_input(params)
+    if isinstance(outcome, handlers.Conflict):
+        problem.status, problem.title = 409, "Conflict met een eerder geleverd signaal"
+        problem.detail = (
+            f"Dit partnerSignaalId leverde u al eerder, met andere inhoud in: "
+            f"{', '.join(outcome.fields)}. Het opgeslagen signaal is niet gewijzigd."
+        )
+        problem.type = "https://vroegsignalering.example.nl/problemen/conflict"
+        problem.headers = {"Location": f"/api/v1/signalen/{outcome.receipt.id}"}
+    elif any(v.code == domain.NOT_REGISTERED for v in outcome.violations):
+        problem.status, problem.title = 403, "Soort niet toegestaan"
+        problem.type = "https://vroegsignalering.example.nl/problemen/soort-niet-toegestaan"
+    return problem
+
+
+@router.delete(
+    "/api/v1/signalen/{signaal_id}",
+    response_model=Receipt,
+    tags=["signalen"],
+    summary="Trek een eigen signaal in",
+    description="Bijvoorbeeld omdat de achterstand betaald is voordat de gemeente in actie "
+    "kwam, of omdat het signaal ten onrechte is verstuurd. Het signaal telt daarna niet meer "
+    "mee in de match van het huishouden; u krijgt een terugkoppeling met status "
+    "'ingetrokken'. Opnieuw intrekken geeft hetzelfde antwoord. Een correctie is een "
+    "intrekking plus een nieuw signaal met een nieuw partnerSignaalId.",
+    responses={401: _REFUSALS[401], 404: _PROBLEM, 429: _REFUSALS[429]},
+)
+async def withdraw_signal(
+    request: Request, signaal_id: uuid.UUID, partner: LimitedPartner
+) -> Receipt:
+    runtime = request.app.state.runtime
+    async with runtime.session_factory() as session, session.begin():
+        await confirm_active(session, partner)
+        receipt = await handlers.withdraw_signal(
+            session, runtime.outbox, partner, signaal_id, now=utc_now()
+        )
+    if receipt is None:
+        raise Problem(404, "Niet gevonden", "Geen signaal van u met dit id.")
+    runtime.outbox.wake()
+    request.state.audit_object = f"signaal:{signaal_id}"
+    return receipt
 
 
 @router.get(

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.intake import handlers
+from services.intake import domain, handlers
 from services.intake.auth import PartnerIdentity
 from services.intake.models import Delivery, DeliveryLine, Partner
 from services.intake.problems import params_from_validation
@@ -40,6 +40,12 @@ log = structlog.get_logger(__name__)
 
 RECEIVED, PROCESSING, PROCESSED = "ontvangen", "in-verwerking", "verwerkt"
 DELIVERY_CONTEXT = "levering.inhoud"
+PARTNER_DISABLED = {
+    "name": "partner",
+    "code": "partner-uitgezet",
+    "reason": "Uw organisatie is als partner uitgezet voordat deze regel verwerkt was; de "
+    "regel is niet aangenomen.",
+}
 
 
 _INSERT_LINES = text(
@@ -158,6 +164,7 @@ class DeliveryWorker:
         self.region = region
         self.name = f"{os.uname().nodename}:{os.getpid()}"
         self._wake = asyncio.Event()
+        self._first_lines: dict[uuid.UUID, dict[str, tuple[int, Any]]] = {}
 
     def wake(self) -> None:
         self._wake.set()
@@ -223,6 +230,7 @@ class DeliveryWorker:
             media_type = delivery.formaat
         partner = PartnerIdentity(id=partner_row.id, naam=partner_row.naam, soort=partner_row.soort)
         lines = parse(raw, "text/csv" if media_type == "csv" else "application/json")
+        self._first_lines[delivery_id] = first_lines(lines)
         todo = [(n, line) for n, line in enumerate(lines, start=1) if n not in done]
         size = self.settings.delivery_chunk_size
         chunks = [todo[start : start + size] for start in range(0, len(todo), size)]
@@ -241,6 +249,7 @@ class DeliveryWorker:
                 .where(Delivery.id == delivery_id)
                 .values(status=PROCESSED, afgerond_op=utc_now(), inhoud=None, lease_tot=None)
             )
+        self._first_lines.pop(delivery_id, None)
         await self.vault.destroy([delivery_id], utc_now())  # the sealed file is gone for good
         log.info("delivery processed", levering_id=str(delivery_id), lines=len(lines))
 
@@ -254,29 +263,44 @@ class DeliveryWorker:
         parsed: list[tuple[int, SignalIn]] = []
         refused: dict[int, list[dict[str, str]]] = {}
         references: dict[int, str | None] = {}
+        first = self._first_lines.get(delivery_id, {})
         for number, line in chunk:
             references[number] = _reference(line)
+            earlier = first.get(references[number] or "", (number, line))
+            if earlier[0] < number:  # the id stood on an earlier line of this delivery
+                violation = domain.duplicate_line(differing_keys(earlier[1], line), earlier[0])
+                refused[number] = [
+                    {"name": violation.name, "code": violation.code, "reason": violation.reason}
+                ]
+                continue
             try:
                 parsed.append((number, SignalIn.model_validate(line)))
             except ValidationError as exc:
                 refused[number] = params_from_validation(exc.errors())
         async with self.session_factory() as session, session.begin():
-            outcomes = await handlers.accept_signals(
-                session,
-                self.vault,
-                self.outbox,
-                partner,
-                [signal for _, signal in parsed],
-                region=self.region,
-                household_secret=self.settings.household_key_secret.get_secret_value(),
-                now=now,
-                levering_id=delivery_id,
-            )
+            try:
+                outcomes = await handlers.accept_signals(
+                    session,
+                    self.vault,
+                    self.outbox,
+                    partner,
+                    [signal for _, signal in parsed],
+                    region=self.region,
+                    household_secret=self.settings.household_key_secret.get_secret_value(),
+                    now=now,
+                    levering_id=delivery_id,
+                    require_active_partner=True,
+                    hold_partner=True,
+                )
+            except handlers.PartnerDisabled:
+                # The partner was disabled: its queued lines stop here, each told why.
+                refused.update({number: [PARTNER_DISABLED] for number, _ in parsed})
+                parsed, outcomes = [], []
             rows = []
             for (number, _signal), outcome in zip(parsed, outcomes, strict=True):
                 if isinstance(outcome, handlers.Refused):
                     refused[number] = [
-                        {"name": v.name, "code": "regel", "reason": v.reason}
+                        {"name": v.name, "code": v.code, "reason": v.reason}
                         for v in outcome.violations
                     ]
                     continue
@@ -330,6 +354,24 @@ class DeliveryWorker:
                 )
             )
         self.outbox.wake()
+
+
+def first_lines(lines: list[Any]) -> dict[str, tuple[int, Any]]:
+    """For each partnerSignaalId, the first line it stands on (and that line): a later
+    line with the same id is refused, whichever chunk commits first."""
+    first: dict[str, tuple[int, Any]] = {}
+    for number, line in enumerate(lines, start=1):
+        reference = _reference(line)
+        if reference is not None:
+            first.setdefault(reference, (number, line))
+    return first
+
+
+def differing_keys(first: Any, again: Any) -> list[str]:
+    """The top-level fields in which two lines differ (names only)."""
+    if not isinstance(first, dict) or not isinstance(again, dict):
+        return []
+    return sorted(k for k in first.keys() | again.keys() if first.get(k) != again.get(k))
 
 
 def _reference(line: Any) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
@@ -17,6 +18,53 @@ class Violation:
 
     name: str
     reason: str
+    code: str = "regel"
+
+
+# The code of a refusal for a kind of arrears the partner is not registered for (403).
+NOT_REGISTERED = "niet-aangemeld"
+
+
+def check_kind(soort: str, registered: Sequence[str]) -> Violation | None:
+    """A partner reports only the kinds of arrears it is registered for (its agreement:
+    Landelijk Convenant Vroegsignalering, each creditor signals its own arrears; a water
+    company no rent)."""
+    if soort in registered:
+        return None
+    return Violation(
+        "soort",
+        f"U bent niet aangemeld voor signalen van soort {soort}; u mag signalen melden van "
+        f"soort {', '.join(registered) or '(geen)'}.",
+        NOT_REGISTERED,
+    )
+
+
+def conflict_violations(fields: Sequence[str], signal_id: str) -> list[Violation]:
+    """A partnerSignaalId delivered before with other content: name each field that
+    differs (never its value); the stored signal stays as it was."""
+    return [
+        Violation(
+            name,
+            "Dit veld verschilt van het signaal dat u eerder met dit partnerSignaalId leverde; "
+            "het opgeslagen signaal is niet gewijzigd. Wilt u corrigeren: trek het signaal in "
+            f"(DELETE /api/v1/signalen/{signal_id}) en lever het opnieuw met een nieuw "
+            "partnerSignaalId.",
+            "afwijkend",
+        )
+        for name in fields
+    ]
+
+
+def duplicate_line(fields: Sequence[str], first_line: int | None = None) -> Violation:
+    """A partnerSignaalId twice in one delivery: the later line is refused."""
+    where = f" (regel {first_line})" if first_line is not None else ""
+    differs = f" en verschilt daarvan in {', '.join(fields)}" if fields else ""
+    return Violation(
+        "partnerSignaalId",
+        f"Dit partnerSignaalId staat al op een eerdere regel van deze levering{where}"
+        f"{differs}; deze regel is niet aangenomen.",
+        "dubbel",
+    )
 
 
 def check_signal(signal: SignalIn, today: dt.date) -> list[Violation]:
@@ -124,6 +172,11 @@ def door_verdict(
     if last_blocked_arrears is not None and arrears > last_blocked_arrears:
         return "doorgestuurd"
     return "niet-doorgestuurd"
+
+
+# What a partner is told of a signal it withdrew (receipt and feed): no more than that
+# (partner-api.md: the feed tells what happened to each of the partner's own signals).
+WITHDRAWN_REASON = "U heeft dit signaal ingetrokken; de gemeente neemt het niet meer mee."
 
 
 def _fold(text: str | None) -> str:

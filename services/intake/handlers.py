@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
+import hmac
+import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,11 +35,13 @@ from shared.crypto import Vault, subject_id
 from shared.events import (
     SIGNAL_BLOCKED,
     SIGNAL_RECEIVED,
+    SIGNAL_WITHDRAWN,
     BlacklistChanged,
     Event,
     FeedbackSent,
     SignalBlocked,
     SignalReceived,
+    SignalWithdrawn,
     Topic,
 )
 from shared.household import DwellingAddress, household_key
@@ -46,6 +51,7 @@ from shared.region import DRENTHE
 
 FORWARDED = "doorgestuurd"
 NOT_FORWARDED = "niet-doorgestuurd"
+WITHDRAWN = "ingetrokken"
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,15 @@ class Refused:
     """A signal refused, with every rule it broke; nothing of it is stored."""
 
     violations: list[Violation]
+
+
+@dataclass(frozen=True)
+class Conflict(Refused):
+    """The partnerSignaalId was delivered before with other content: refused (409), the
+    stored signal unchanged; `fields` names what differs, never its values."""
+
+    receipt: Receipt
+    fields: list[str]
 
 
 Outcome = Accepted | Refused
@@ -97,18 +112,26 @@ class PartnerDisabled(Exception):
 
 
 # Where each address lies and whether its household is on that municipality's blacklist
-# today (another municipality's entry never blocks it), and (for the HTTP path) whether
-# the partner may still deliver: one statement, one round trip.
-_DOOR_CONTEXT = text(
+# today (another municipality's entry never blocks it), whether the partner may still
+# deliver and which kinds: one statement, one round trip (one row with the partner's
+# columns also for no signals).
+_DOOR_CONTEXT = (
+    "WITH p AS (SELECT actief, soorten FROM partners WHERE id = :partner{lock}) "
     "SELECT q.postcode, q.huisnummer, q.household_key, a.gemeentecode, "
     "EXISTS (SELECT 1 FROM uitsluitingen u WHERE u.household_key = q.household_key "
     "AND u.gemeentecode = a.gemeentecode "
     "AND u.verwijderd_op IS NULL AND u.begin <= :today AND u.einde >= :today) AS uitgesloten, "
-    "(SELECT p.actief FROM partners p WHERE p.id = :partner) AS partner_actief "
-    "FROM unnest(CAST(:postcodes AS text[]), CAST(:numbers AS int[]), CAST(:keys AS text[])) "
-    "AS q(postcode, huisnummer, household_key) "
-    "LEFT JOIN adressen a ON a.postcode = q.postcode AND a.huisnummer = q.huisnummer"
+    "p.actief AS partner_actief, p.soorten AS partner_soorten "
+    "FROM p LEFT JOIN (unnest(CAST(:postcodes AS text[]), CAST(:numbers AS int[]), "
+    "CAST(:keys AS text[])) AS q(postcode, huisnummer, household_key) "
+    "LEFT JOIN adressen a ON a.postcode = q.postcode AND a.huisnummer = q.huisnummer) ON true"
 )
+# A delivery's chunk holds the partner row (FOR SHARE) until it commits: disabling the
+# partner waits for the chunks under way, and no chunk goes on after it (issue 9, item 7).
+_DOOR_CONTEXTS = {
+    False: text(_DOOR_CONTEXT.replace("{lock}", "")),
+    True: text(_DOOR_CONTEXT.replace("{lock}", " FOR SHARE")),
+}
 
 
 @dataclass(frozen=True)
@@ -116,6 +139,7 @@ class DoorContext:
     municipalities: dict[tuple[str, int], str]
     blacklisted: set[str]
     partner_active: bool
+    kinds: tuple[str, ...]
 
 
 async def _door_context(
@@ -124,10 +148,11 @@ async def _door_context(
     addresses: Sequence[tuple[str, int]],
     keys: Sequence[str],
     today: dt.date,
+    hold_partner: bool = False,
 ) -> DoorContext:
     rows = (
         await session.execute(
-            _DOOR_CONTEXT,
+            _DOOR_CONTEXTS[hold_partner],
             {
                 "postcodes": [p for p, _ in addresses],
                 "numbers": [n for _, n in addresses],
@@ -141,6 +166,7 @@ async def _door_context(
         municipalities={(r.postcode, r.huisnummer): r.gemeentecode for r in rows if r.gemeentecode},
         blacklisted={r.household_key for r in rows if r.uitgesloten},
         partner_active=bool(rows and rows[0].partner_actief),
+        kinds=tuple(rows[0].partner_soorten or ()) if rows else (),
     )
 
 
@@ -174,21 +200,30 @@ async def accept_signals(
     now: dt.datetime,
     levering_id: uuid.UUID | None = None,
     require_active_partner: bool = False,
+    hold_partner: bool = False,
 ) -> list[Outcome]:
     """Judge each signal on its own; store and stage events for the good ones, in the
     caller's transaction. One set of statements for the whole list, so a delivery of
     10,000 signals costs a handful of round trips per thousand. With
-    `require_active_partner`, raises PartnerDisabled if the partner was disabled."""
+    `require_active_partner`, raises PartnerDisabled if the partner was disabled; with
+    `hold_partner`, the partner row stays share-locked until the transaction ends.
+
+    A partnerSignaalId delivered before answers with its receipt when the content is the
+    same, and is refused as a Conflict when it differs; a second line with the same id in
+    one delivery is refused."""
     today = now.date()
     outcomes: list[Outcome | None] = [None] * len(signals)
     keys = [household_key(dwelling(s), household_secret) for s in signals]
     addresses = [(_compact_postcode(s.adres.postcode), s.adres.huisnummer) for s in signals]
-    context = await _door_context(session, partner.id, addresses, keys, today)
+    context = await _door_context(session, partner.id, addresses, keys, today, hold_partner)
     if require_active_partner and not context.partner_active:
         raise PartnerDisabled
     routed: dict[int, str] = {}
     for index, signal_in in enumerate(signals):
         violations = domain.check_signal(signal_in, today)
+        kind = domain.check_kind(signal_in.soort, context.kinds)
+        if kind is not None:
+            violations.insert(0, kind)
         municipality = domain.route(
             signal_in.gemeentecode, context.municipalities.get(addresses[index]), region
         )
@@ -243,6 +278,7 @@ async def accept_signals(
                 "reden": None if verdict == FORWARDED else domain.NOT_FORWARDED_REASON,
                 "ontvangen_op": now,
                 "levering_id": levering_id,
+                "vingerafdruk": json.dumps(fingerprint(signal_in, signal_id, household_secret)),
             }
         )
     # Signals and their events in one statement: atomic even without a transaction
@@ -258,9 +294,47 @@ async def accept_signals(
     for i, row in zip(candidates, rows, strict=True):
         if row["id"] in created_ids:
             outcomes[i] = Accepted(receipt_of(row), created=True)
-        else:  # same partnerSignaalId as an earlier delivery, or twice in this one
-            outcomes[i] = Accepted(receipt_of(earlier[row["partner_signaal_id"]]), created=False)
+            continue
+        # same partnerSignaalId as an earlier delivery, or twice in this one
+        stored = earlier[row["partner_signaal_id"]]
+        differs = differing_fields(stored, signals[i], household_secret)
+        if levering_id is not None and stored.levering_id == levering_id:
+            outcomes[i] = Refused([domain.duplicate_line(differs)])
+        elif differs:
+            outcomes[i] = Conflict(
+                domain.conflict_violations(differs, str(stored.id)), receipt_of(stored), differs
+            )
+        else:
+            outcomes[i] = Accepted(receipt_of(stored), created=False)
     return [outcome for outcome in outcomes if outcome is not None]
+
+
+_FINGERPRINT_CONTEXT = b"signaal.vingerafdruk|"
+
+
+def fingerprint(signal_in: SignalIn, signal_id: uuid.UUID, secret: str) -> dict[str, str]:
+    """A keyed digest of each delivered field (by its API name), salted with the signal's
+    id: whether a repeat differs, field by field, without keeping the content readable,
+    nor linkable from one signal to another."""
+    key = _FINGERPRINT_CONTEXT + secret.encode()
+    content = signal_in.model_dump(mode="json", by_alias=True, exclude={"partner_signaal_id"})
+    return {
+        name: hmac.new(
+            key,
+            f"{signal_id}|{name}|{json.dumps(value, sort_keys=True, separators=(',', ':'))}".encode(),
+            hashlib.sha256,
+        ).hexdigest()[:32]
+        for name, value in content.items()
+    }
+
+
+def differing_fields(stored: Signal, signal_in: SignalIn, secret: str) -> list[str]:
+    """The fields in which a repeated signal differs from the stored one (none for a signal
+    stored before fingerprints were kept: answered as before)."""
+    if not stored.vingerafdruk:
+        return []
+    again = fingerprint(signal_in, stored.id, secret)
+    return sorted(name for name, digest in again.items() if stored.vingerafdruk.get(name) != digest)
 
 
 _SIGNAL_COLUMNS = {
@@ -283,10 +357,16 @@ _SIGNAL_COLUMNS = {
     "reden": "text",
     "ontvangen_op": "timestamptz",
     "levering_id": "uuid",
+    "vingerafdruk": "json",
 }
 _INSERT_SIGNALS_WITH_EVENTS = (
     f"WITH new AS (INSERT INTO signalen ({', '.join(_SIGNAL_COLUMNS)}) "
-    f"SELECT * FROM unnest({', '.join(f'CAST(:{c} AS {t}[])' for c, t in _SIGNAL_COLUMNS.items())}) "
+    "SELECT * FROM unnest("
+    + ", ".join(
+        f"CAST(CAST(:{c} AS text[]) AS json[])" if t == "json" else f"CAST(:{c} AS {t}[])"
+        for c, t in _SIGNAL_COLUMNS.items()
+    )
+    + ") "
     "ON CONFLICT (partner_id, partner_signaal_id) DO NOTHING RETURNING id), "
     "staged AS (INSERT INTO {outbox} (topic, key, payload, headers) "
     "SELECT e.topic, e.key, e.payload, e.headers FROM unnest(CAST(:event_ids AS uuid[]), "
@@ -384,6 +464,65 @@ async def receipt_for(
     return receipt_of(signal) if signal else None
 
 
+async def withdraw_signal(
+    session: AsyncSession,
+    outbox: Outbox,
+    partner: PartnerIdentity,
+    signal_id: uuid.UUID,
+    *,
+    now: dt.datetime,
+) -> Receipt | None:
+    """A partner withdraws one of its own signals (paid before the municipality acted, or
+    sent in error), in the caller's transaction: the signal is marked withdrawn, matching
+    is told through the outbox (a forwarded signal only: a stopped one never reached it),
+    and the partner's feed says so. Withdrawing again answers the same; another partner's
+    signal does not exist for this one (None)."""
+    signal = await session.scalar(
+        select(Signal)
+        .where(Signal.id == signal_id, Signal.partner_id == partner.id)
+        .with_for_update()
+    )
+    if signal is None:
+        return None
+    if signal.status == WITHDRAWN:
+        return receipt_of(signal)
+    was_forwarded = signal.status == FORWARDED
+    signal.status = WITHDRAWN
+    signal.reden = domain.WITHDRAWN_REASON
+    signal.ingetrokken_op = now
+    [event_id] = new_uuids(1)
+    if was_forwarded:
+        await outbox.stage(
+            session,
+            SIGNAL_WITHDRAWN,
+            SignalWithdrawn(
+                event_id=event_id,
+                occurred_at=now,
+                gemeentecode=signal.gemeentecode,
+                household_key=signal.household_key,
+                signal_id=signal.id,
+                partner_id=partner.id,
+                partner_signaal_id=signal.partner_signaal_id,
+                ingetrokken_op=now,
+            ),
+        )
+    # The feed entry is written here, with the change (one transaction): the partner's own
+    # act needs no round trip through feedback (partner-api.md, terugkoppelingen).
+    session.add(
+        PartnerFeedback(
+            event_id=event_id,
+            partner_id=partner.id,
+            signal_id=signal.id,
+            partner_signaal_id=signal.partner_signaal_id,
+            status=WITHDRAWN,
+            toelichting=domain.WITHDRAWN_REASON,
+            datum=now,
+        )
+    )
+    await session.flush()
+    return receipt_of(signal)
+
+
 async def register_municipalities(session: AsyncSession) -> None:
     """Make sure the region's municipalities exist as tenants."""
     await session.execute(
@@ -397,10 +536,30 @@ async def municipality_codes(session: AsyncSession) -> frozenset[str]:
     return frozenset(await session.scalars(select(Municipality.code)))
 
 
+AGREEMENTS = ("convenant", "eigen")
+
+
 async def add_partner(
-    session: AsyncSession, *, naam: str, soort: str, kvk_nummer: str | None, now: dt.datetime
+    session: AsyncSession,
+    *,
+    naam: str,
+    soort: str,
+    kvk_nummer: str | None,
+    now: dt.datetime,
+    soorten: Sequence[str] = (),
+    afspraak: str = "convenant",
+    afspraak_sinds: dt.date | None = None,
+    signaal_na_dagen: int | None = None,
 ) -> tuple[Partner, str]:
-    """Register a partner; the plain secret is returned once and stored only as a hash."""
+    """Register a partner; the plain secret is returned once and stored only as a hash.
+
+    `soorten`: the kinds of arrears it may report (its own type when empty); the agreement
+    it signals under (the national convenant or an own one), from when, and after how many
+    days of arrears (policy plan, phase 1: each partner's agreement is recorded)."""
+    if afspraak not in AGREEMENTS:
+        raise ValueError(f"afspraak moet {' of '.join(AGREEMENTS)} zijn")
+    if signaal_na_dagen is not None and signaal_na_dagen < 1:
+        raise ValueError("signaal_na_dagen moet minstens 1 zijn")
     client_id, secret = new_client_credentials()
     partner = Partner(
         id=uuid.uuid4(),
@@ -408,6 +567,10 @@ async def add_partner(
         secret_hash=hash_secret(secret),
         naam=naam,
         soort=soort,
+        soorten=list(dict.fromkeys([soort, *soorten])),
+        afspraak=afspraak,
+        afspraak_sinds=afspraak_sinds or now.date(),
+        signaal_na_dagen=signaal_na_dagen,
         kvk_nummer=kvk_nummer,
         actief=True,
         aangemaakt_op=now,

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.audit import add_audit_tables
@@ -58,6 +59,14 @@ class Partner(Base):
     naam: Mapped[str] = mapped_column(String(200))
     soort: Mapped[str] = mapped_column(String(40))
     kvk_nummer: Mapped[str | None] = mapped_column(String(8))
+    soorten: Mapped[list[str]] = mapped_column(
+        ARRAY(String(40)), doc="The kinds of arrears it may report (its registration)."
+    )
+    afspraak: Mapped[str] = mapped_column(String(20), doc="convenant or eigen (own agreement).")
+    afspraak_sinds: Mapped[dt.date] = mapped_column(Date)
+    signaal_na_dagen: Mapped[int | None] = mapped_column(
+        Integer, doc="After how many days of arrears it signals, as its agreement says."
+    )
     actief: Mapped[bool] = mapped_column(Boolean, default=True)
     gewijzigd_op: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     aangemaakt_op: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
@@ -88,6 +97,10 @@ class Signal(Base):
     reden: Mapped[str | None] = mapped_column(String(300))
     ontvangen_op: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     levering_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("leveringen.id"))
+    ingetrokken_op: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    vingerafdruk: Mapped[dict[str, str] | None] = mapped_column(
+        JSON, doc="A keyed digest per delivered field (handlers.fingerprint); no content."
+    )
 
 
 class Address(Base):

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -159,9 +160,22 @@ def install(app: FastAPI) -> None:
             404: "Dit adres bestaat niet in deze API.",
             405: "Deze methode is hier niet toegestaan; zie de Allow-header.",
         }
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method of the path, not only its first route's
+            headers["Allow"] = _allowed_methods(request)
         return Problem(
             exc.status_code,
             titles.get(exc.status_code, "Fout"),
             details.get(exc.status_code, str(exc.detail)),
-            headers=dict(exc.headers or {}),
+            headers=headers,
         ).response(request.url.path)
+
+
+def _allowed_methods(request: Request) -> str:
+    """The methods of every route on this path (Starlette names only the first route's)."""
+    scope = {**request.scope, "method": ""}
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if route.matches(scope)[0] != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))

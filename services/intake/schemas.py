@@ -141,7 +141,7 @@ class SignalIn(ApiModel):
         return self
 
 
-ReceiptStatus = Literal["doorgestuurd", "niet-doorgestuurd"]
+ReceiptStatus = Literal["doorgestuurd", "niet-doorgestuurd", "ingetrokken"]
 
 
 class Receipt(ApiModel):
@@ -205,7 +205,7 @@ class FeedbackItem(ApiModel):
     volgnummer: int = Field(description="Cursor: ask again with vanaf=<volgnummer>.")
     signaal_id: UUID
     partner_signaal_id: str
-    status: Literal["in-behandeling", "niet-doorgestuurd"]
+    status: Literal["in-behandeling", "niet-doorgestuurd", "ingetrokken"]
     toelichting: str
     verstuurd_op: dt.datetime
 

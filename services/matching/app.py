@@ -1,4 +1,4 @@
-"""Matching process: consumes signal.received in batches, forwards matches, and forwards
+"""Matching process: consumes signal.received (and signal.withdrawn) in batches, forwards matches, and forwards
 held (bundled) matches when their bundling period ends."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from functools import partial
 import structlog
 from fastapi import FastAPI
 
-from services.matching.handlers import forward_due, on_signals_received
+from services.matching.handlers import forward_due, on_signals_received, on_signals_withdrawn
 from services.matching.models import messaging
 from services.matching.settings import MatchingSettings
-from shared.events import SIGNAL_RECEIVED, utc_now
+from shared.events import SIGNAL_RECEIVED, SIGNAL_WITHDRAWN, utc_now
 from shared.messaging import Subscription
 from shared.service import Runtime, create_service_app, serve
 
@@ -53,7 +53,11 @@ def create_app(settings: MatchingSettings | None = None) -> FastAPI:
             Subscription(
                 SIGNAL_RECEIVED,
                 handle_many=partial(on_signals_received, outbox=runtime.outbox, settings=settings),
-            )
+            ),
+            Subscription(
+                SIGNAL_WITHDRAWN,
+                handle_many=partial(on_signals_withdrawn, outbox=runtime.outbox, settings=settings),
+            ),
         ],
         title="Vroegsignalering – matching",
         description="Combineert signalen per huishouden tot matches.",

@@ -38,6 +38,12 @@ MAX_CONSECUTIVE_MONTHS = 6
 # before that). A bounded list: the cost of a signal does not grow with history.
 MONTHS_KEPT = 24
 
+# What one match event carries at most (signals, and ids in its explanation): a few thousand
+# signals at one address would otherwise pass Kafka's default 1 MiB message limit and stop
+# the relay (issue 9). 200 signals of the largest form stay well under 256 KiB
+# (tests/integration/test_matching_handler.py, the event-size test).
+MAX_EVENT_SIGNALS = 200
+
 LOCAL_TIME = ZoneInfo("Europe/Amsterdam")
 MATCH_ID_NAMESPACE = uuid.UUID("0d7a4c1e-56b1-4a55-9a43-6c1f3f0e1b27")
 
@@ -147,6 +153,33 @@ def _order(signal: SignalFact) -> tuple[dt.date, dt.datetime, str]:
     return signal.signaaldatum, signal.ontvangen_op, str(signal.signal_id)
 
 
+def carried_signals(
+    signals: Sequence[SignalFact], limit: int = MAX_EVENT_SIGNALS
+) -> list[SignalFact]:
+    """The signals a match event carries, at most `limit`: first the ones the totals count
+    (the latest per creditor, highest arrears first), then the newest others."""
+    counted = sorted(
+        latest_per_creditor(signals).values(),
+        key=lambda s: (-s.achterstand_bedrag, str(s.creditor_id)),
+    )
+    counted_ids = {s.signal_id for s in counted}
+    others = sorted(
+        (s for s in signals if s.signal_id not in counted_ids), key=_order, reverse=True
+    )
+    return sorted((counted + others)[:limit], key=_order)
+
+
+def preceding_months(
+    match_months: Collection[int], household_months: Collection[int], window: int
+) -> list[int]:
+    """The months, of the match's own signals or the household's others, that lie within
+    `window` months before a month of the match: what makes a match opeenvolgend. By the
+    signals' own dates (signaaldatum), so a partner that delivers two months late in one go
+    makes the same case as one that delivered each month."""
+    every = set(match_months) | set(household_months)
+    return sorted({earlier for m in match_months for earlier in every if m - window <= earlier < m})
+
+
 def classify(
     match_signals: Sequence[SignalFact],
     earlier_months: Collection[int],
@@ -156,12 +189,22 @@ def classify(
 
     - meervoudig [MONITOR]: two or more different creditors (organisations: electricity
       and gas of one supplier are one creditor) with a signal in the same month;
-    - opeenvolgend [PLAN] [MONITOR]: the household had a signal in the months before the
-      match's first month (window: a municipal setting, 3 in the plan, up to 6);
+    - opeenvolgend [PLAN] [MONITOR]: the household had a signal in the months before a
+      month of the match (window: a municipal setting, 3 in the plan, up to 6), by the
+      signals' own dates: also two signals of one creditor inside the match;
     - enkelvoudig: otherwise. Meervoudig wins over opeenvolgend.
     Totals count the latest signal per creditor, so a repeated signal is not added twice.
     `earlier_months` are month indexes (month_index) of the household's other signals.
+    A match whose every signal was withdrawn counts no creditor and no arrears.
     """
+    if not match_signals:
+        return MatchVerdict(
+            "enkelvoudig",
+            0,
+            Decimal("0.00"),
+            "Ingetrokken: de partners hebben elk signaal van deze match ingetrokken.",
+            {"regel": "ingetrokken", "signalen": [], "aantal_signalen": 0, "schuldeisers": 0},
+        )
     latest = latest_per_creditor(match_signals)
     total = sum((s.achterstand_bedrag for s in latest.values()), Decimal("0.00"))
     creditors_by_month: dict[int, set[uuid.UUID]] = {}
@@ -172,14 +215,16 @@ def classify(
     busiest_month, busiest = max(
         creditors_by_month.items(), key=lambda item: (len(item[1]), -item[0])
     )
-    first_month = min(creditors_by_month)
-    earlier = sorted(
-        m for m in set(earlier_months) if first_month - consecutive_window_months <= m < first_month
-    )
+    earlier = preceding_months(creditors_by_month, earlier_months, consecutive_window_months)
+    carried = carried_signals(match_signals)
+    counted = {s.signal_id for s in carried}
     explanation: dict[str, Any] = {
-        "signalen": [str(s.signal_id) for s in sorted(match_signals, key=_order)],
+        "signalen": [str(s.signal_id) for s in carried],
+        "aantal_signalen": len(match_signals),
         "schuldeisers": len(latest),
-        "telt_per_schuldeiser": {str(c): str(s.signal_id) for c, s in sorted(latest.items())},
+        "telt_per_schuldeiser": {
+            str(c): str(s.signal_id) for c, s in sorted(latest.items()) if s.signal_id in counted
+        },
         "opeenvolgend_venster_maanden": consecutive_window_months,
     }
     if len(busiest) >= 2:

@@ -22,14 +22,19 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.matching.domain import (
+    MAX_EVENT_SIGNALS,
     MatchState,
     MatchVerdict,
     MunicipalityRules,
     SignalFact,
+    carried_signals,
+    classify,
     earliest_window_start,
     forwarded_at,
     is_due,
     match_household,
+    month_index,
+    remembered_months,
 )
 from services.matching.models import FORWARDED, HELD
 from services.matching.settings import MatchingSettings
@@ -41,6 +46,7 @@ from shared.events import (
     MatchedSignal,
     MatchUpdated,
     SignalReceived,
+    SignalWithdrawn,
     Topic,
     utc_now,
 )
@@ -62,6 +68,7 @@ _SIGNAL_COLUMNS = {
     "signaaldatum": "date",
     "achterstand_bedrag": "numeric",
     "ontvangen_op": "timestamptz",
+    "ingetrokken_op": "timestamptz",
 }
 _MATCH_COLUMNS = {
     "id": "uuid",
@@ -98,7 +105,11 @@ _LOCK_HOUSEHOLDS = text(
     "SELECT key, gemeentecode, maanden FROM households "
     "WHERE key = ANY(CAST(:keys AS text[])) ORDER BY key FOR UPDATE"
 )
-_KNOWN_SIGNALS = text("SELECT signal_id FROM signals WHERE signal_id = ANY(CAST(:ids AS uuid[]))")
+# Known: matched already, or withdrawn before it arrived (the withdrawal overtook it).
+_KNOWN_SIGNALS = text(
+    "SELECT signal_id FROM signals WHERE signal_id = ANY(CAST(:ids AS uuid[])) UNION "
+    "SELECT signal_id FROM withdrawn_signals WHERE signal_id = ANY(CAST(:ids AS uuid[]))"
+)
 _RECENT_MATCHES = text(
     "SELECT id, household_key, status, version, geopend_op, doorsturen_op, doorgestuurd_op "
     "FROM matches "
@@ -169,6 +180,7 @@ def _signal_row(event: SignalReceived) -> dict[str, Any]:
         "signaaldatum": event.signaaldatum,
         "achterstand_bedrag": event.achterstand_bedrag,
         "ontvangen_op": event.ontvangen_op,
+        "ingetrokken_op": None,
     }
 
 
@@ -246,7 +258,8 @@ async def on_signals_received(
             signal_rows[member["signal_id"]] = dict(member)
         by_match: dict[uuid.UUID, list[SignalFact]] = {}
         for signal_row in signal_rows.values():
-            by_match.setdefault(signal_row["match_id"], []).append(_fact(signal_row))
+            if signal_row["ingetrokken_op"] is None:  # a withdrawn signal counts no more
+                by_match.setdefault(signal_row["match_id"], []).append(_fact(signal_row))
         for row in recent:
             matches[row.id] = _Match(
                 MatchState(
@@ -296,6 +309,9 @@ async def on_signals_received(
             touched.append((matches[state.id], verdict))
         household_updates.append((key, result.months))
 
+    members_of: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    for signal_row in signal_rows.values():
+        members_of.setdefault(signal_row["match_id"], []).append(signal_row)
     match_rows: list[dict[str, Any]] = []
     event_ids = iter(new_uuids(len(touched)))
     outgoing: list[tuple[Topic, Event]] = []
@@ -324,7 +340,7 @@ async def on_signals_received(
                 match_rows[-1],
                 match.doorgestuurd_op,
                 verdict.uitleg,
-                (signal_rows[f.signal_id] for f in state.signals),
+                members_of[state.id],
                 event_id=next(event_ids),
                 now=now,
             )
@@ -349,6 +365,139 @@ async def on_signals_received(
         },
     )
     await outbox.stage_many(session, outgoing, contexts)
+
+
+_ADD_WITHDRAWALS = text(
+    "INSERT INTO withdrawn_signals (signal_id, household_key, ingetrokken_op) "
+    "SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:keys AS text[]), "
+    "CAST(:at AS timestamptz[])) ON CONFLICT (signal_id) DO NOTHING"
+)
+_MARK_WITHDRAWN = text(
+    "UPDATE signals s SET ingetrokken_op = u.at "
+    "FROM unnest(CAST(:ids AS uuid[]), CAST(:at AS timestamptz[])) AS u(id, at) "
+    "WHERE s.signal_id = u.id AND s.ingetrokken_op IS NULL RETURNING s.match_id"
+)
+_LOCK_MATCHES = text(
+    "SELECT id, household_key, gemeentecode, status, version, geopend_op, doorsturen_op, "
+    "doorgestuurd_op FROM matches WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR UPDATE"
+)
+# The months a household still has signals in, within its municipality (after a withdrawal).
+_ACTIVE_MONTHS = text(
+    "SELECT DISTINCT m.household_key, s.signaaldatum FROM signals s "
+    "JOIN matches m ON m.id = s.match_id "
+    "JOIN households h ON h.key = m.household_key AND h.gemeentecode = m.gemeentecode "
+    "WHERE m.household_key = ANY(CAST(:keys AS text[])) AND s.ingetrokken_op IS NULL"
+)
+_SET_MONTHS = text(
+    "UPDATE households h SET maanden = CAST(u.maanden AS int[]) "
+    "FROM unnest(CAST(:keys AS text[]), CAST(:maanden AS text[])) AS u(key, maanden) "
+    "WHERE h.key = u.key"
+)
+
+
+async def on_signals_withdrawn(
+    session: AsyncSession,
+    received: Sequence[Received],
+    *,
+    outbox: Outbox,
+    settings: MatchingSettings,
+) -> None:
+    """Take withdrawn signals out of their matches: each match's kind and totals are
+    recomputed without them, and a forwarded match tells case handling (MatchUpdated).
+    A withdrawal that comes before its signal is kept; the signal is then never matched."""
+    events: dict[uuid.UUID, SignalWithdrawn] = {}
+    contexts: dict[uuid.UUID, dict[str, str]] = {}
+    for item in received:
+        events.setdefault(item.event.signal_id, item.event)
+        contexts.setdefault(item.event.signal_id, item.trace_headers)
+    if not events:
+        return
+    keys = sorted({e.household_key for e in events.values()})
+    # The households first, in key order, as a batch of signals locks them.
+    await session.execute(_LOCK_HOUSEHOLDS, {"keys": keys})
+    ids = list(events)
+    at = [events[i].ingetrokken_op for i in ids]
+    await session.execute(
+        _ADD_WITHDRAWALS, {"ids": ids, "keys": [events[i].household_key for i in ids], "at": at}
+    )
+    match_ids = sorted(
+        set((await session.execute(_MARK_WITHDRAWN, {"ids": ids, "at": at})).scalars())
+    )
+    if not match_ids:
+        return  # not matched yet (or withdrawn before): the withdrawal waits for its signal
+    matches = list(await session.execute(_LOCK_MATCHES, {"ids": match_ids}))
+    members: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    for member in (await session.execute(_MATCH_SIGNALS, {"ids": match_ids})).mappings():
+        members.setdefault(member["match_id"], []).append(dict(member))
+    affected = sorted({row.household_key for row in matches})
+    months: dict[str, set[int]] = {key: set() for key in affected}
+    for row in await session.execute(_ACTIVE_MONTHS, {"keys": affected}):
+        months[row.household_key].add(month_index(row.signaaldatum))
+    remembered = {k: remembered_months(m, max(m)) if m else [] for k, m in months.items()}
+    gemeenten = sorted({row.gemeentecode for row in matches})
+    rules = rules_of(
+        list(await session.execute(_RULES, {"gemeenten": gemeenten})), gemeenten, settings
+    )
+    now = utc_now()
+    match_rows: list[dict[str, Any]] = []
+    outgoing: list[tuple[Topic, Event]] = []
+    causes: list[dict[str, str]] = []
+    for row, event_id in zip(matches, new_uuids(len(matches)), strict=True):
+        rows = members.get(row.id, [])
+        active = sorted(
+            (_fact(r) for r in rows if r["ingetrokken_op"] is None), key=lambda f: str(f.signal_id)
+        )
+        state = MatchState(
+            id=row.id,
+            geopend_op=row.geopend_op,
+            doorsturen_op=row.doorsturen_op,
+            signals=active,
+            version=row.version + 1,
+            forwarded=row.status == FORWARDED,
+        )
+        verdict = classify(
+            active, remembered[row.household_key], rules[row.gemeentecode].opeenvolgend_maanden
+        )
+        match = _Match(state, row.household_key, row.gemeentecode, row.doorgestuurd_op)
+        match_rows.append(
+            _match_row(
+                match,
+                verdict.soort,
+                verdict.aantal_schuldeisers,
+                verdict.totaal_achterstand,
+                verdict.regel,
+                verdict.uitleg,
+            )
+        )
+        if state.forwarded and row.doorgestuurd_op is not None:
+            outgoing.append(
+                (
+                    MATCH_UPDATED,
+                    _match_event(
+                        MatchUpdated,
+                        match_rows[-1],
+                        row.doorgestuurd_op,
+                        verdict.uitleg,
+                        rows,
+                        event_id=event_id,
+                        now=now,
+                    ),
+                )
+            )
+            withdrawn_here = [r["signal_id"] for r in rows if r["signal_id"] in events]
+            causes.append(contexts[withdrawn_here[0]] if withdrawn_here else {})
+    await session.execute(
+        _UPSERT_MATCHES,
+        {column: [r[column] for r in match_rows] for column in _MATCH_COLUMNS},
+    )
+    await session.execute(
+        _SET_MONTHS,
+        {
+            "keys": affected,
+            "maanden": ["{" + ",".join(map(str, remembered[k])) + "}" for k in affected],
+        },
+    )
+    await outbox.stage_many(session, outgoing, causes)
 
 
 def _match_row(
@@ -387,7 +536,14 @@ def _match_event(
     event_id: uuid.UUID,
     now: dt.datetime,
 ) -> MatchCreated | MatchUpdated:
-    """A match's whole state as an event, from its `matches` row and its signals' rows."""
+    """A match's state as an event, from its `matches` row and its signals' rows (withdrawn
+    ones too): bounded, whatever the number of signals (domain.MAX_EVENT_SIGNALS)."""
+    rows = {r["signal_id"]: r for r in members}
+    active = [_fact(r) for r in rows.values() if r["ingetrokken_op"] is None]
+    withdrawn = sorted(
+        (r for r in rows.values() if r["ingetrokken_op"] is not None),
+        key=lambda r: (r["ingetrokken_op"], str(r["signal_id"])),
+    )[-MAX_EVENT_SIGNALS:]
     # Built from validated events and the rules' own results: constructed without a second
     # validation (consumers validate every event they decode).
     return kind.model_construct(
@@ -406,16 +562,22 @@ def _match_event(
         regel=row["regel"],
         uitleg=uitleg,
         signalen=tuple(
-            _matched(r)
-            for r in sorted(members, key=lambda r: (r["signaaldatum"], str(r["signal_id"])))
+            _matched(rows[f.signal_id])
+            for f in sorted(
+                carried_signals(active), key=lambda f: (f.signaaldatum, str(f.signal_id))
+            )
         ),
+        aantal_signalen=len(active),
+        ingetrokken=tuple(r["signal_id"] for r in withdrawn),
     )
 
 
 _DUE = text(
     "SELECT id, household_key, gemeentecode, version, geopend_op, doorsturen_op, soort, "
     "aantal_schuldeisers, totaal_achterstand, regel, uitleg FROM matches "
-    "WHERE status = 'gebundeld' AND doorsturen_op <= :now ORDER BY doorsturen_op, id "
+    # a held match whose every signal was withdrawn is never forwarded
+    "WHERE status = 'gebundeld' AND doorsturen_op <= :now AND aantal_schuldeisers > 0 "
+    "ORDER BY doorsturen_op, id "
     "LIMIT :limit FOR UPDATE SKIP LOCKED"
 )
 _FORWARD = text(

@@ -98,6 +98,19 @@ class MatchSignal(Base):
     signaaldatum: Mapped[dt.date] = mapped_column(Date)
     achterstand_bedrag: Mapped[Decimal] = mapped_column(Numeric(12, 2))
     ontvangen_op: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    ingetrokken_op: Mapped[dt.datetime | None] = mapped_column(
+        DateTime(timezone=True), doc="Withdrawn by its partner: kept, but no rule counts it."
+    )
+
+
+class WithdrawnSignal(Base):
+    """Every withdrawal matching heard of, also one that overtook its signal (ADR 0012)."""
+
+    __tablename__ = "withdrawn_signals"
+
+    signal_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    household_key: Mapped[str] = mapped_column(String(64, collation="C"))
+    ingetrokken_op: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
 
 
 class MunicipalityRule(Base):

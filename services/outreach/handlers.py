@@ -16,6 +16,7 @@ from shared.events import OUTREACH_DUE, CaseSignalRef, MatchCreated, MatchUpdate
 from shared.outbox import Outbox
 
 OPEN = "open"
+WITHDRAWN = "ingetrokken"
 
 
 async def on_match(
@@ -51,9 +52,18 @@ async def on_match(
     case.totaal_achterstand = event.totaal_achterstand
     case.regel = event.regel
     case.uitleg = event.uitleg
+    # A signal its partner withdrew leaves the case (ADR 0012); with none left, the case
+    # is closed as withdrawn.
+    withdrawn = set(event.ingetrokken)
+    if withdrawn:
+        case.signalen = [s for s in case.signalen if s.signal_id not in withdrawn]
+    if event.aantal_schuldeisers == 0:
+        case.status = WITHDRAWN
+    elif case.status == WITHDRAWN:
+        case.status = OPEN
     known = {s.signal_id for s in case.signalen}
     for signal in event.signalen:
-        if signal.signal_id not in known:
+        if signal.signal_id not in known and signal.signal_id not in withdrawn:
             case.signalen.append(
                 CaseSignal(
                     signal_id=signal.signal_id,

@@ -71,7 +71,7 @@ def test_a_json_delivery_accepts_the_good_and_names_what_is_wrong_with_the_rest(
     signals[7]["persoon"]["bsn"] = "123456789"
     signals[1_100]["adres"]["huisnummer"] = 99_997  # outside the address table
     signals[1_201] = {"partnerSignaalId": "JL-KAPOT", "onbekend": True}
-    signals[1_202] = dict(signals[5])  # the same partnerSignaalId twice: one signal
+    signals[1_202] = dict(signals[5])  # the same partnerSignaalId twice: the later refused
     with httpx.Client(base_url=running_stack.url("intake"), timeout=60) as client:
         headers = bearer(client, partner)
         response = client.post("/api/v1/leveringen", json=signals, headers=headers)
@@ -87,18 +87,18 @@ def test_a_json_delivery_accepts_the_good_and_names_what_is_wrong_with_the_rest(
             response.headers["Location"], params={"aantal": 0}, headers=headers
         ).json()
     assert status["aantalVerwerkt"] == 1_203
-    assert status["aantalGeweigerd"] == 3
-    assert status["aantalDoorgestuurd"] == 1_200
+    assert status["aantalGeweigerd"] == 4
+    assert status["aantalDoorgestuurd"] == 1_199
     assert first_page == list(range(1, 1_001))  # a page of 1,000 lines by default
     assert (progress_only["signalen"], progress_only["aantalVerwerkt"]) == ([], 1_203)
     assert sorted(lines) == list(range(1, 1_204))
     assert [e["name"] for e in lines[8]["fouten"]] == ["persoon.bsn"]
     assert [e["name"] for e in lines[1_101]["fouten"]] == ["adres"]
     assert {e["name"] for e in lines[1_202]["fouten"]} >= {"onbekend", "soort"}
-    assert lines[1_203]["ontvangstbevestiging"]["id"] == lines[6]["ontvangstbevestiging"]["id"]
+    assert [e["name"] for e in lines[1_203]["fouten"]] == ["partnerSignaalId"]
     assert (
         intake_scalar("SELECT count(*) FROM signalen WHERE partner_signaal_id LIKE 'JL-%'")
-        == 1_199  # line 1,203 repeats line 6
+        == 1_199  # line 1,203 repeats line 6 and is refused
     )
     assert (
         intake_scalar(

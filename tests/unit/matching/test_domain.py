@@ -60,10 +60,11 @@ def test_two_creditors_in_one_month_are_multiple_and_the_month_is_named() -> Non
 
 
 def test_two_creditors_in_different_months_are_not_multiple() -> None:
+    # but consecutive: the household had a signal in the month before (issue 9, item 15)
     verdict = classify(
         [fact(A, dt.date(2026, 10, 30), "300.00"), fact(B, dt.date(2026, 11, 2), "250.00")], [], 3
     )
-    assert verdict.soort == "enkelvoudig"
+    assert verdict.soort == "opeenvolgend"
     assert verdict.aantal_schuldeisers == 2
 
 

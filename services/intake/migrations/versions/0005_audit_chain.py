@@ -4,7 +4,7 @@ Existing records keep their order (ids renumbered from 1) and are hashed into th
 chain; a reason column and the gemeentecode index for `vroeg audit --gemeente` (ADR 0009).
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 """
 
 from collections.abc import Sequence
@@ -15,7 +15,7 @@ from alembic import op
 from shared import audit
 
 revision: str = "0005"
-down_revision: str | None = "0003"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

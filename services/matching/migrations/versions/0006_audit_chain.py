@@ -4,7 +4,7 @@ The service's audit records (ADR 0009): each stores the previous record's hash a
 its own; writers serialise on the audit_chain row.
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 """
 
 from collections.abc import Sequence
@@ -14,7 +14,7 @@ from alembic import op
 from shared import audit
 
 revision: str = "0006"
-down_revision: str | None = "0004"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
