@@ -437,7 +437,8 @@ class Supervisor:
         for name, process in list(self.stack.processes.items()):
             state = self.states[name]
             if name in self._restart_at:
-                if now >= self._restart_at.pop(name):
+                if now >= self._restart_at[name]:
+                    del self._restart_at[name]
                     restarted = self.stack.start_service(self.specs[name])
                     state.pid, state.state = restarted.pid, "starting"
                     self.say(f"{name} restarted (restart {state.restarts}, pid {restarted.pid})")

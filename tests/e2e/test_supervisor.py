@@ -12,6 +12,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,14 +61,27 @@ class Up:
         return self.output.read_text(encoding="utf-8", errors="replace")
 
     def supervised(self) -> dict:
-        return dict(json.loads((self.state_dir / "supervisor.json").read_text())["services"])
+        """What the supervisor last wrote about each service (it runs, or the test fails)."""
+        try:
+            report = json.loads((self.state_dir / "supervisor.json").read_text())
+        except FileNotFoundError:
+            raise AssertionError(f"vroeg up is not running:\n{self.said()}") from None
+        return dict(report["services"])
 
     def alive(self) -> bool:
         return self.process.poll() is None
 
 
 @pytest.fixture
-def vroeg_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Up]:
+def workdir() -> Iterator[Path]:
+    """A working directory outside pytest's rotated temporary tree (parallel runs on the
+    machine may clean that up under a running stack)."""
+    with tempfile.TemporaryDirectory(prefix="vroeg-up-") as path:
+        yield Path(path)
+
+
+@pytest.fixture
+def vroeg_up(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Up]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VROEG_")}
     env.update(
         {
@@ -80,17 +94,17 @@ def vroeg_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Up]:
             "COLUMNS": "200",
         }
     )
-    output = tmp_path / "vroeg-up.out"
+    output = workdir / "vroeg-up.out"
     with output.open("wb") as out:
         process = subprocess.Popen(
             [str(VROEG), "up"],
-            cwd=tmp_path,
+            cwd=workdir,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-    up = Up(process, tmp_path, output)
+    up = Up(process, workdir, output)
     try:
         poll(
             lambda: "Press Ctrl-C to stop." in up.said() or not up.alive(),
