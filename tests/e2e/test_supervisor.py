@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from services.outreach.settings import OutreachSettings
-from services.registry import SERVICES
+from services.registry import BY_NAME, SERVICES
 from shared.db import drop_database
 from shared.settings import ServiceSettings
 from tests.support import fresh_households, poll, service_scalar, signal_for, token
@@ -34,6 +34,7 @@ TWO_CREDITOR_HOUSEHOLDS = 4_000  # 4,000 x 2 + 2,000 x 1 = 10,000 signals
 HOUSEHOLDS = SIGNALS - TWO_CREDITOR_HOUSEHOLDS
 DELIVERY_SIZE = 1_000
 PREFIX = "SUP-"
+CASES_DEADLINE_S = 150
 VROEG = Path(sys.executable).with_name("vroeg")
 
 
@@ -221,12 +222,34 @@ def test_kill_9_each_service_in_turn_under_vroeg_up_loses_and_doubles_nothing(
         outreach_db = OutreachSettings().database_url
         ours = f"partner_signaal_id LIKE '{PREFIX}%'"
 
+        def progress() -> str:
+            """How far the signals are, stage by stage (for a failure message)."""
+            stages = {
+                "intake": ("signalen", BY_NAME["intake"]),
+                "matching": ("signals", BY_NAME["matching"]),
+                "outreach": ("zaak_signalen", BY_NAME["outreach"]),
+            }
+            counts = {
+                stage: service_scalar(
+                    spec.settings().database_url, f"SELECT count(*) FROM {table} WHERE {ours}"
+                )
+                for stage, (table, spec) in stages.items()
+            }
+            unfinished = service_scalar(
+                BY_NAME["intake"].settings().database_url,
+                "SELECT count(*) FROM leveringen WHERE status <> 'verwerkt'",
+            )
+            return f"{counts}, deliveries unfinished: {unfinished}"
+
         def all_in_cases() -> bool:
             assert vroeg_up.alive(), vroeg_up.said()
             count = service_scalar(outreach_db, f"SELECT count(*) FROM zaak_signalen WHERE {ours}")
             return bool(count >= SIGNALS)
 
-        poll(all_in_cases, 150, "every signal in a case", interval_s=1.0)
+        try:
+            poll(all_in_cases, CASES_DEADLINE_S, "every signal in a case", interval_s=1.0)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; so far {progress()}") from None
         # Every signal in exactly one case: as many rows as signals, none twice.
         assert (
             service_scalar(
