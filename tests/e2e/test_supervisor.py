@@ -34,7 +34,8 @@ TWO_CREDITOR_HOUSEHOLDS = 4_000  # 4,000 x 2 + 2,000 x 1 = 10,000 signals
 HOUSEHOLDS = SIGNALS - TWO_CREDITOR_HOUSEHOLDS
 DELIVERY_SIZE = 1_000
 PREFIX = "SUP-"
-CASES_DEADLINE_S = 150
+# Outreach takes each match in its own round trips: ~25 signals/s on a loaded 2-core machine.
+CASES_DEADLINE_S = 600
 VROEG = Path(sys.executable).with_name("vroeg")
 
 
@@ -264,7 +265,7 @@ def test_kill_9_each_service_in_turn_under_vroeg_up_loses_and_doubles_nothing(
             ids = [i for p in partners for i in feed_ids(client, p, tokens[p["client_id"]])]
             return ids if len(ids) >= SIGNALS else None
 
-        fed_back = poll(every_signal_fed_back, 60, "every signal in a feed", interval_s=1.0)
+        fed_back = poll(every_signal_fed_back, 120, "every signal in a feed", interval_s=1.0)
         assert len(fed_back) == len(set(fed_back)) == SIGNALS  # each exactly once
 
     vroeg_up.process.send_signal(signal.SIGTERM)  # Ctrl-C / SIGTERM still stop everything
