@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -180,6 +181,14 @@ def feed_ids(client: httpx.Client, partner: dict, bearer: str) -> list[str]:
 def test_kill_9_each_service_in_turn_under_vroeg_up_loses_and_doubles_nothing(
     vroeg_up: Up,
 ) -> None:
+    # This installation's own development secrets: private, and never on the console.
+    secrets_file = vroeg_up.state_dir / "secrets.env"
+    assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
+    made = dict(line.split("=", 1) for line in secrets_file.read_text().splitlines())
+    assert {"VROEG_MASTER_KEY", "VROEG_HOUSEHOLD_KEY_SECRET", "VROEG_TOKEN_SIGNING_KEY"} <= set(
+        made
+    )
+    assert not any(value in vroeg_up.said() for value in made.values())
     partners = json.loads((vroeg_up.state_dir / "demo-partners.json").read_text())
     batches = deliveries(partners)
     intake_url = vroeg_up.supervised()["intake"]["url"]

@@ -96,7 +96,7 @@ def supervisor_for(running: FakeStack, tmp_path: Path, clock: Clock, said: list[
 def test_a_killed_service_is_restarted_after_its_backoff_and_counted(
     fake_stack: FakeStack, tmp_path: Path
 ) -> None:
-    clock, said = Clock(), []
+    clock, said = Clock(), list[str]()
     supervisor = supervisor_for(fake_stack, tmp_path, clock, said)
     first_pid = fake_stack.processes["intake"].pid
     fake_stack.processes["intake"].kill()  # SIGKILL, as the OOM killer would
@@ -121,7 +121,7 @@ def test_a_killed_service_is_restarted_after_its_backoff_and_counted(
 def test_repeated_crashes_in_a_short_time_stop_the_stack(
     fake_stack: FakeStack, tmp_path: Path
 ) -> None:
-    clock, said = Clock(), []
+    clock, said = Clock(), list[str]()
     supervisor = supervisor_for(fake_stack, tmp_path, clock, said)
     for restart in (1, 2):
         fake_stack.processes["matching"].kill()
