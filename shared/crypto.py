@@ -11,11 +11,21 @@ ciphertext), with subject, key id and a context label bound as associated data, 
 ciphertext cannot be moved to another person or another field unnoticed. A person whose
 key was destroyed and who later has new data gets a new key with a new key id, so what
 was sealed before stays unreadable and says so (KeyDestroyed).
+
+A destroyed key is refused by every process from the moment of destruction (ADR 0013):
+destruction stays recorded (a destroyed subject is never re-keyed, so sealing for it is
+refused too), and each destruction is announced with PostgreSQL NOTIFY in its own
+transaction. Every Vault listens on a connection of its own and evicts the named keys
+from its cache; a cached key is used only while that listener has proven healthy within
+`key_cache_listener_stale_s`, so a missed notification (a broken connection) never
+leaves a destroyed key usable: the Vault then reads the key store before every use.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -25,10 +35,12 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import asyncpg
+import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import Field, SecretStr, model_validator
-from sqlalchemy import Column, DateTime, LargeBinary, MetaData, Table, func, select, text, update
+from sqlalchemy import Column, DateTime, LargeBinary, MetaData, Table, func, select, text
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -52,17 +64,28 @@ person_keys = Table(
 
 
 # One statement for any number of subjects (column arrays joined with unnest). A live key
-# is kept; a destroyed one is never revived: new data gets a new key under a new key id.
+# is kept; a destroyed one is never revived and its destruction never undone: the row
+# comes back with no key (and its destroyed_at untouched), and sealing for it is refused.
 _UPSERT_KEYS = text(
     "INSERT INTO person_keys (subject_id, key_id, wrapped_key) "
     "SELECT * FROM unnest(CAST(:subjects AS uuid[]), CAST(:key_ids AS bytea[]), "
     "CAST(:wrapped AS bytea[])) "
-    "ON CONFLICT (subject_id) DO UPDATE SET "
-    "key_id = CASE WHEN person_keys.wrapped_key IS NULL THEN EXCLUDED.key_id "
-    "ELSE person_keys.key_id END, "
-    "wrapped_key = COALESCE(person_keys.wrapped_key, EXCLUDED.wrapped_key), destroyed_at = NULL "
+    "ON CONFLICT (subject_id) DO UPDATE SET key_id = person_keys.key_id "
     "RETURNING subject_id, key_id, wrapped_key"
 )
+
+# Destruction and its announcement in one transaction: listeners hear of it on commit.
+DESTROYED_CHANNEL = "person_keys_destroyed"
+_DESTROY_KEYS = text(
+    "UPDATE person_keys SET wrapped_key = NULL, destroyed_at = :now "
+    "WHERE subject_id = ANY(CAST(:subjects AS uuid[])) AND wrapped_key IS NOT NULL "
+    "RETURNING subject_id"
+)
+_NOTIFY = text("SELECT pg_notify(:channel, :payload)")
+# A NOTIFY payload holds under 8000 bytes; 36 characters and a comma per subject.
+_SUBJECTS_PER_NOTIFICATION = 200
+
+log = structlog.get_logger(__name__)
 
 
 class KeyDestroyed(Exception):
@@ -153,8 +176,22 @@ class PersonalDataSettings(ServiceSettings):
     )
     key_cache_ttl_s: float = Field(
         30.0,
-        description="How long an unwrapped data key is cached; a destroyed key stops "
-        "working everywhere within this time.",
+        gt=0,
+        description="How long an unwrapped data key is cached. A destroyed key is evicted from "
+        "every process's cache by a notification at once, whatever this time.",
+    )
+    key_cache_listener_interval_s: float = Field(
+        0.2,
+        gt=0,
+        description="How often the key-destruction listener proves its connection healthy "
+        "(one `SELECT 1`).",
+    )
+    key_cache_listener_stale_s: float = Field(
+        1.0,
+        gt=0,
+        description="Cached keys are used only while the listener proved healthy within this "
+        "time; else the key store is read before every use. Bounds how long a destroyed key "
+        "can be used after a missed notification.",
     )
 
     @model_validator(mode="after")
@@ -177,19 +214,37 @@ def make_vault(settings: PersonalDataSettings, engine: AsyncEngine) -> Vault:
         engine,
         master_key_from_text(settings.master_key.get_secret_value()),
         cache_ttl_s=settings.key_cache_ttl_s,
+        listener_interval_s=settings.key_cache_listener_interval_s,
+        listener_stale_s=settings.key_cache_listener_stale_s,
     )
 
 
 class Vault:
-    """Seals and opens personal data with per-person keys kept in the key store."""
+    """Seals and opens personal data with per-person keys kept in the key store.
+
+    Keys are cached only while a listener for key destructions runs and is healthy; it
+    starts with the first use on the running event loop (`close` stops it).
+    """
 
     def __init__(
-        self, engine: AsyncEngine, master_key: bytes, *, cache_ttl_s: float = 30.0
+        self,
+        engine: AsyncEngine,
+        master_key: bytes,
+        *,
+        cache_ttl_s: float = 30.0,
+        listener_interval_s: float = 0.2,
+        listener_stale_s: float = 1.0,
     ) -> None:
         self._engine = engine
         self._master = AESGCM(master_key)
         self._cache: dict[uuid.UUID, tuple[DataKey, float]] = {}
         self._cache_ttl_s = cache_ttl_s
+        self._listener_interval_s = listener_interval_s
+        self._listener_stale_s = listener_stale_s
+        self._listener: asyncio.Task[None] | None = None
+        self._listener_pid: int | None = None
+        self._healthy_until = 0.0  # monotonic time up to which cached keys may be used
+        self._evictions = 0  # bumped by every notification: a racing read is not cached
 
     def _wrap(self, subject: uuid.UUID, data_key: bytes) -> bytes:
         nonce = os.urandom(_NONCE)
@@ -198,23 +253,103 @@ class Vault:
     def _unwrap(self, subject: uuid.UUID, wrapped: bytes) -> bytes:
         return self._master.decrypt(wrapped[:_NONCE], wrapped[_NONCE:], b"wrap|" + subject.bytes)
 
+    # -- the key cache and the destruction listener ------------------------------------
+
+    @property
+    def listening(self) -> bool:
+        """Whether the cache may be used now: the listener proved healthy recently."""
+        return time.monotonic() < self._healthy_until
+
+    @property
+    def listener_backend_pid(self) -> int | None:
+        """The key store's backend process of the listener connection (for operators)."""
+        return self._listener_pid
+
+    def _ensure_listener(self) -> None:
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.get_running_loop().create_task(
+                self._listen(), name="key-destruction-listener"
+            )
+
+    async def _listen(self) -> None:
+        """Keep a LISTEN connection to the key store; prove it healthy every interval."""
+        dsn = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(dsn, timeout=self._listener_stale_s * 5)
+                await conn.add_listener(DESTROYED_CHANNEL, self._on_destroyed)
+                self._listener_pid = conn.get_server_pid()
+                # Whatever was destroyed while nobody listened: forget every cached key.
+                self._forget_all()
+                while not conn.is_closed():
+                    started = time.monotonic()
+                    await conn.fetchval("SELECT 1", timeout=self._listener_stale_s)
+                    # Notifications committed before `started` arrived before this answer.
+                    self._healthy_until = started + self._listener_stale_s
+                    await asyncio.sleep(self._listener_interval_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the key store is away: use no cache until it is back
+                log.warning("key_destruction_listener_down", error=type(exc).__name__)
+            finally:
+                self._healthy_until = 0.0
+                self._listener_pid = None
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close(timeout=1)
+            await asyncio.sleep(self._listener_interval_s)
+
+    def _on_destroyed(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        self._evictions += 1
+        try:
+            subjects = [uuid.UUID(part) for part in payload.split(",") if part]
+        except ValueError:
+            self._forget_all()  # not ours to read: forget everything rather than guess
+            return
+        for subject in subjects:
+            self._cache.pop(subject, None)
+
+    def _forget_all(self) -> None:
+        self._evictions += 1
+        self._cache.clear()
+
+    async def close(self) -> None:
+        """Stop the listener (its connection closes); the cache is not used after."""
+        self._healthy_until = 0.0
+        self._cache.clear()
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+
     def _cached(self, subject: uuid.UUID) -> DataKey | None:
+        if not self.listening:
+            return None
         hit = self._cache.get(subject)
         if hit is None or hit[1] < time.monotonic():
             return None
         return hit[0]
 
-    def _remember(self, subject: uuid.UUID, data_key: DataKey) -> None:
+    def _remember(self, subject: uuid.UUID, data_key: DataKey, evictions_before: int) -> None:
+        if evictions_before != self._evictions:
+            return  # a destruction was announced while this key was read: do not keep it
         if len(self._cache) > 100_000:
             self._cache.clear()
         self._cache[subject] = (data_key, time.monotonic() + self._cache_ttl_s)
 
+    # -- sealing, opening, destroying --------------------------------------------------
+
     async def data_keys(self, subjects: Iterable[uuid.UUID]) -> dict[uuid.UUID, DataKey]:
-        """Each subject's data key, created where a subject has none (or had it destroyed)."""
+        """Each subject's data key, created where a subject has none yet; KeyDestroyed
+        where a subject's key was destroyed (it is never re-created)."""
+        self._ensure_listener()
         wanted = set(subjects)
         keys = {s: k for s in wanted if (k := self._cached(s)) is not None}
         missing = sorted(wanted - set(keys))
         if missing:
+            evictions_before = self._evictions
             key_ids = [os.urandom(_KEY_ID) for _ in missing]
             wrapped_keys = [self._wrap(s, AESGCM.generate_key(256)) for s in missing]
             # One statement needs no transaction around it: autocommit saves two round trips.
@@ -226,13 +361,17 @@ class Vault:
                         {"subjects": missing, "key_ids": key_ids, "wrapped": wrapped_keys},
                     )
                 ).all()
+            destroyed = sorted(subject for subject, _, wrapped in rows if wrapped is None)
+            if destroyed:
+                raise KeyDestroyed(str(destroyed[0]))
             for subject, key_id, wrapped in rows:
                 keys[subject] = DataKey(key_id, self._unwrap(subject, wrapped))
-                self._remember(subject, keys[subject])
+                self._remember(subject, keys[subject], evictions_before)
         return keys
 
     async def seal_many(self, items: Sequence[tuple[uuid.UUID, bytes]], context: str) -> list[str]:
-        """Seal (subject, plaintext) pairs in one key-store round trip at most."""
+        """Seal (subject, plaintext) pairs in one key-store round trip at most; KeyDestroyed
+        (nothing sealed) if any subject's key was destroyed."""
         keys = await self.data_keys(subject for subject, _ in items)
         nonces = os.urandom(_NONCE * len(items))  # one read of the random source for all
         return [
@@ -245,9 +384,11 @@ class Vault:
 
     async def open(self, sealed: str, context: str) -> bytes:
         """The plaintext; raises KeyDestroyed once the person's key is gone."""
+        self._ensure_listener()
         subject = subject_of(sealed)
         data_key = self._cached(subject)
         if data_key is None:
+            evictions_before = self._evictions
             async with self._engine.connect() as conn:
                 row = (
                     await conn.execute(
@@ -259,18 +400,22 @@ class Vault:
             if row is None or row.wrapped_key is None:
                 raise KeyDestroyed(str(subject))
             data_key = DataKey(row.key_id, self._unwrap(subject, row.wrapped_key))
-            self._remember(subject, data_key)
+            self._remember(subject, data_key, evictions_before)
         return open_with(data_key, sealed, context)
 
     async def destroy(self, subjects: Iterable[uuid.UUID], now: dt.datetime) -> int:
-        """Destroy the data keys of these subjects (crypto-shredding); how many were live."""
-        wanted = list(set(subjects))
+        """Destroy the data keys of these subjects (crypto-shredding) and announce it to
+        every process; how many were live. A destroyed key's destroyed_at is kept."""
+        wanted = sorted(set(subjects))
+        self._evictions += 1
         for subject in wanted:
             self._cache.pop(subject, None)
         async with self._engine.begin() as conn:
-            result = await conn.execute(
-                update(person_keys)
-                .where(person_keys.c.subject_id.in_(wanted), person_keys.c.wrapped_key.is_not(None))
-                .values(wrapped_key=None, destroyed_at=now)
-            )
-        return int(result.rowcount or 0)
+            gone = [
+                str(row.subject_id)
+                for row in await conn.execute(_DESTROY_KEYS, {"subjects": wanted, "now": now})
+            ]
+            for start in range(0, len(gone), _SUBJECTS_PER_NOTIFICATION):
+                payload = ",".join(gone[start : start + _SUBJECTS_PER_NOTIFICATION])
+                await conn.execute(_NOTIFY, {"channel": DESTROYED_CHANNEL, "payload": payload})
+        return len(gone)

@@ -61,18 +61,28 @@ def up(
         bool, typer.Option(help="Register demo partners and deliver demo signals.")
     ] = True,
     kafka_port: Annotated[int, typer.Option(envvar="VROEG_KAFKA_PORT")] = 9092,
+    port_base: Annotated[
+        int | None,
+        typer.Option(
+            envvar="VROEG_PORT_BASE",
+            help="Give the services the ports from this one on (intake first), instead of "
+            "each service's default (8001 ... 8005).",
+        ),
+    ] = None,
     fresh: Annotated[
         bool,
         typer.Option(help="Start from empty databases (the embedded broker keeps nothing either)."),
     ] = True,
 ) -> None:
-    """Start the whole system with embedded defaults; Ctrl-C stops everything."""
+    """Start the whole system with embedded defaults; a service that dies is restarted;
+    Ctrl-C stops everything."""
     from services.intake.settings import IntakeSettings
     from vroeg import demo as demo_data
     from vroeg import stack
 
     started = time.monotonic()
     log_dir = stack.STATE_DIR / "logs"
+    supervisor_settings = stack.SupervisorSettings()
 
     def on_sigterm(_signo: int, _frame: object) -> None:
         raise KeyboardInterrupt
@@ -84,6 +94,7 @@ def up(
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from None
     running: stack.Stack | None = None
+    failed = False
     try:
         if asyncio.run(stack.machine_postgres_reachable()):
             postgres_url, postgres_kind = (
@@ -97,7 +108,11 @@ def up(
             "VROEG_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_port}",
             "VROEG_POSTGRES_URL": postgres_url,
             "VROEG_OTEL_EXPORTER": os.environ.get("VROEG_OTEL_EXPORTER", "file"),
+            # This installation's own development secrets (.vroeg/secrets.env, never shown).
+            **stack.development_secrets(stack.SECRETS_FILE),
         }
+        if "VROEG_DATABASE_PREFIX" in os.environ:  # so that other terminals find the same
+            env["VROEG_DATABASE_PREFIX"] = os.environ["VROEG_DATABASE_PREFIX"]
         os.environ.update(env)
         stack.write_runtime_env(env)
         asyncio.run(
@@ -105,8 +120,8 @@ def up(
         )
         asyncio.run(stack.prepare_databases(stack.all_services(), fresh=fresh))
         running = stack.Stack(env=env, log_dir=log_dir)
-        for spec in stack.all_services():
-            running.start_service(spec)
+        for index, spec in enumerate(stack.all_services()):
+            running.start_service(spec, port=None if port_base is None else port_base + index)
         running.wait_ready(running.processes)
         console.print(
             f"[bold green]Vroegsignalering is up[/] in {time.monotonic() - started:.1f} s"
@@ -116,6 +131,16 @@ def up(
         for name in running.processes:
             console.print(f"  {name:<11} {running.url(name)}  (docs: {running.url(name)}/docs)")
         console.print(f"  logs        {log_dir}/   traces: .vroeg/traces/spans.jsonl")
+        console.print(f"  secrets     {stack.SECRETS_FILE} (development only, this installation)")
+        supervisor = stack.Supervisor(
+            running,
+            {spec.name: spec for spec in stack.all_services()},
+            broker,
+            stack.RestartPolicy.from_settings(supervisor_settings),
+            say=lambda line: console.print(line, highlight=False),
+            state_file=stack.SUPERVISOR_STATE_FILE,
+            poll_interval_s=supervisor_settings.poll_interval_s,
+        )
         if demo:
             credentials_file = stack.STATE_DIR / "demo-partners.json"
             partners = demo_data.register_demo_partners(credentials_file)
@@ -133,21 +158,27 @@ def up(
                 f"              {sent} demo signals delivered; try: vroeg zaken --gemeente GM1731"
             )
         console.print("Press Ctrl-C to stop.")
-        while all(p.alive() for p in running.processes.values()) and broker.alive():
-            time.sleep(0.5)
-        console.print("[red]A process exited; stopping.[/] See the logs.")
+        supervisor.run()
+    except stack.StackFailed as exc:
+        failed = True
+        console.print(f"[red]{exc}[/]", highlight=False)
+        console.print("[red]Stopping everything.[/]")
     except KeyboardInterrupt:
         console.print("Stopping…")
     finally:
         if running is not None:
             running.stop()
         broker.stop()
+        with contextlib.suppress(FileNotFoundError):
+            stack.SUPERVISOR_STATE_FILE.unlink()
     console.print("Stopped; nothing left running.")
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Health of each service, records per stage, consumer lag per group."""
+    """Health of each service, restarts under `vroeg up`, records per stage, consumer lag."""
     from services.intake.settings import IntakeSettings
     from vroeg.status import gather
 
@@ -155,12 +186,13 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     if as_json:
         _print_json(report)
         return
-    table = Table("service", "url", "ready", "stage", "count", "outbox")
+    table = Table("service", "url", "ready", "restarts", "stage", "count", "outbox")
     for s in report["services"]:
         table.add_row(
             s["service"],
             s["url"],
             "ja" if s["ready"] else "[red]nee[/]",
+            "" if s["restarts"] is None else str(s["restarts"]),
             s["stage"],
             str(s["count"]),
             str(s["outbox_pending"]),

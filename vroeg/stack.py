@@ -2,35 +2,43 @@
 processes, for `vroeg up` and for the integration and end-to-end tests.
 
 Children die with their parent (PR_SET_PDEATHSIG), so even a killed supervisor leaves
-nothing running.
+nothing running. Under `vroeg up` the `Supervisor` restarts a service that dies, with
+exponential backoff, and gives up only after repeated crashes in a short time (ADR 0013).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ctypes
+import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import asyncpg
 import httpx
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 from services.registry import SERVICES, ServiceSpec
 from shared.db import drop_database, ensure_database, upgrade_to_head
 from shared.events import TOPICS
-from shared.settings import RUNTIME_ENV_FILE, ServiceSettings
+from shared.settings import DEVELOPMENT_SECRET_PREFIX, RUNTIME_ENV_FILE, ServiceSettings
 
 STATE_DIR = Path(".vroeg")
+SECRETS_FILE = STATE_DIR / "secrets.env"
+SUPERVISOR_STATE_FILE = STATE_DIR / "supervisor.json"
 MACHINE_POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 
 
@@ -249,9 +257,250 @@ class Stack:
             process.stop()
 
 
+def _write_private(path: Path, content: str) -> None:
+    """Write a file only its owner can read (mode 0600), replacing it atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(content)
+    os.chmod(temporary, 0o600)
+    os.replace(temporary, path)
+
+
 def write_runtime_env(env: Mapping[str, str], path: str = RUNTIME_ENV_FILE) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text("".join(f"{key}={value}\n" for key, value in sorted(env.items())))
+    """What the stack chose, for CLIs in other terminals; it holds the development secrets,
+    so only its owner may read it."""
+    _write_private(Path(path), "".join(f"{key}={value}\n" for key, value in sorted(env.items())))
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.lstrip().startswith("#"):
+            values[key.strip()] = value.strip()
+    return values
+
+
+def development_secret_names(specs: Iterable[ServiceSpec] = SERVICES) -> dict[str, str]:
+    """Environment variable -> settings field of every secret whose default is a
+    development placeholder (so a secret added to any service's settings is covered)."""
+    names = {}
+    for spec in specs:
+        for name, info in spec.settings_class.model_fields.items():
+            default = info.default
+            if isinstance(default, SecretStr) and default.get_secret_value().startswith(
+                DEVELOPMENT_SECRET_PREFIX
+            ):
+                names[f"VROEG_{name.upper()}"] = name
+    return names
+
+
+def _fresh_secret(field_name: str) -> str:
+    if field_name == "master_key":  # key material: base64 of 32 random bytes (AES-256)
+        return base64.b64encode(secrets.token_bytes(32)).decode()
+    return secrets.token_urlsafe(32)  # 256 bits
+
+
+def development_secrets(path: Path = SECRETS_FILE) -> dict[str, str]:
+    """This installation's development secrets: made with `secrets` on the first run, kept
+    in `path` (mode 0600) and reused after, never printed. A value set in the environment
+    wins over the file (and is not written to it)."""
+    stored = _read_env_file(path) if path.exists() else {}
+    names = development_secret_names()
+    missing = {var: _fresh_secret(name) for var, name in names.items() if var not in stored}
+    if missing or not path.exists():
+        stored.update(missing)
+        _write_private(path, "".join(f"{key}={value}\n" for key, value in sorted(stored.items())))
+    return {var: stored[var] for var in names if var not in os.environ}
+
+
+# -- the supervisor -------------------------------------------------------------------
+
+
+class SupervisorSettings(BaseSettings):
+    """How `vroeg up` restarts a service that died (VROEG_SUPERVISOR_*)."""
+
+    model_config = SettingsConfigDict(env_prefix="VROEG_SUPERVISOR_", extra="ignore")
+
+    restart_backoff_s: float = Field(
+        0.5, gt=0, description="Wait before the first restart of a crashed service (doubles)."
+    )
+    restart_backoff_max_s: float = Field(
+        10.0, gt=0, description="Longest wait before restarting a crashed service."
+    )
+    give_up_crashes: int = Field(
+        5,
+        ge=1,
+        description="Crashes of one service within `give_up_window_s` after which the "
+        "supervisor stops everything (exit 1) instead of restarting it again.",
+    )
+    give_up_window_s: float = Field(
+        60.0, gt=0, description="The window in which `give_up_crashes` crashes count."
+    )
+    poll_interval_s: float = Field(
+        0.1, gt=0, description="How often the supervisor looks whether each process lives."
+    )
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """Exponential backoff, and a limit of crashes in a window (pure: times in seconds)."""
+
+    backoff_s: float
+    backoff_max_s: float
+    give_up_crashes: int
+    window_s: float
+
+    @classmethod
+    def from_settings(cls, settings: SupervisorSettings) -> RestartPolicy:
+        return cls(
+            settings.restart_backoff_s,
+            settings.restart_backoff_max_s,
+            settings.give_up_crashes,
+            settings.give_up_window_s,
+        )
+
+    def recent(self, crashes: Iterable[float], now: float) -> list[float]:
+        return [t for t in crashes if now - t <= self.window_s]
+
+    def delay(self, crashes: Iterable[float], now: float) -> float | None:
+        """Seconds to wait before the next restart, given the crash times so far (this one
+        included); None: too many crashes in the window, give up."""
+        count = len(self.recent(crashes, now))
+        if count >= self.give_up_crashes:
+            return None
+        return min(self.backoff_s * 2 ** max(count - 1, 0), self.backoff_max_s)
+
+
+class StackFailed(Exception):
+    """The stack cannot go on (a service crashed too often, or the broker stopped)."""
+
+
+def exit_text(returncode: int | None) -> str:
+    return f"exit {returncode}" if returncode is not None else "exit unknown"
+
+
+@dataclass
+class ServiceState:
+    """One service as `vroeg status` sees it (written to .vroeg/supervisor.json)."""
+
+    pid: int
+    url: str
+    state: str  # starting | ready | restarting
+    restarts: int = 0
+    last_exit: int | None = None
+    last_crash_at: float | None = None  # wall clock (epoch seconds)
+
+
+@dataclass
+class Supervisor:
+    """Watches the services of a stack: restarts one that dies, with backoff; gives up
+    (StackFailed) only after repeated crashes in a short time, or when the broker stops."""
+
+    stack: Stack
+    specs: Mapping[str, ServiceSpec]
+    broker: ManagedProcess | None
+    policy: RestartPolicy
+    say: Callable[[str], None]
+    state_file: Path = SUPERVISOR_STATE_FILE
+    poll_interval_s: float = 0.1
+    clock: Callable[[], float] = time.monotonic
+    states: dict[str, ServiceState] = field(default_factory=dict)
+    _crashes: dict[str, list[float]] = field(default_factory=dict)
+    _restart_at: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, process in self.stack.processes.items():
+            self.states[name] = ServiceState(process.pid, self.stack.url(name), "ready")
+        self.write_state()
+
+    def write_state(self) -> None:
+        report = {
+            "supervisor_pid": os.getpid(),
+            "updated_at": time.time(),
+            "services": {name: asdict(state) for name, state in self.states.items()},
+        }
+        _write_private(self.state_file, json.dumps(report, indent=2) + "\n")
+
+    def check(self) -> None:
+        """One round: notice deaths, restart what is due, notice readiness."""
+        if self.broker is not None and not self.broker.alive():
+            code = self.broker.process.returncode if self.broker.process else None
+            raise StackFailed(
+                f"the broker stopped ({exit_text(code)}); its topics are gone with it, "
+                f"so everything stops. See {self.broker.log_path}"
+            )
+        now = self.clock()
+        changed = False
+        for name, process in list(self.stack.processes.items()):
+            state = self.states[name]
+            if name in self._restart_at:
+                if now >= self._restart_at[name]:
+                    del self._restart_at[name]
+                    restarted = self.stack.start_service(self.specs[name])
+                    state.pid, state.state = restarted.pid, "starting"
+                    self.say(f"{name} restarted (restart {state.restarts}, pid {restarted.pid})")
+                    changed = True
+                continue
+            if not process.alive():
+                code = process.process.returncode if process.process else None
+                crashes = self.policy.recent([*self._crashes.get(name, []), now], now)
+                self._crashes[name] = crashes
+                state.last_exit, state.last_crash_at = code, time.time()
+                delay = self.policy.delay(crashes, now)
+                if delay is None:
+                    state.state = "stopped"
+                    self.write_state()
+                    raise StackFailed(
+                        f"{name} stopped unexpectedly ({exit_text(code)}), {len(crashes)} times "
+                        f"within {self.policy.window_s:.0f} s; giving up. See {process.log_path}"
+                    )
+                state.restarts += 1
+                state.state = "restarting"
+                self._restart_at[name] = now + delay
+                self.say(
+                    f"{name} stopped unexpectedly ({exit_text(code)}); "
+                    f"restart {state.restarts} in {delay:.1f} s"
+                )
+                changed = True
+            elif state.state == "starting" and self._ready(name):
+                state.state = "ready"
+                self.say(f"{name} is ready again")
+                changed = True
+        if changed:
+            self.write_state()
+
+    def _ready(self, name: str) -> bool:
+        try:
+            return httpx.get(f"{self.stack.url(name)}/health/ready", timeout=0.5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def run(self) -> None:
+        """Supervise until StackFailed (or KeyboardInterrupt from Ctrl-C / SIGTERM)."""
+        while True:
+            self.check()
+            time.sleep(self.poll_interval_s)  # the supervisor's polling interval
+
+
+def read_supervisor_state(path: Path = SUPERVISOR_STATE_FILE) -> dict | None:
+    """What the supervisor of a running `vroeg up` last wrote, if one runs."""
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    pid = report.get("supervisor_pid")
+    if not isinstance(pid, int):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None  # stale: that `vroeg up` has ended
+    except PermissionError:
+        pass
+    return report
 
 
 def all_services() -> tuple[ServiceSpec, ...]:

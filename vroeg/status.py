@@ -1,9 +1,11 @@
-"""What `vroeg status` reports: health per service, records per stage, consumer lag."""
+"""What `vroeg status` reports: health and restarts per service, records per stage,
+consumer lag."""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -13,6 +15,7 @@ from sqlalchemy import text
 from services.registry import SERVICES
 from shared.db import make_engine
 from shared.events import TOPICS
+from vroeg.stack import SUPERVISOR_STATE_FILE, read_supervisor_state
 
 # The table that counts a service's stage of the flow.
 STAGE_TABLES = {
@@ -32,6 +35,8 @@ class ServiceStatus:
     stage: str
     count: int | None
     outbox_pending: int | None
+    restarts: int | None = None  # under `vroeg up`: restarts after a crash
+    last_exit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -125,17 +130,28 @@ async def consumer_lag(bootstrap: str) -> list[GroupLag]:
     return lags
 
 
-async def gather(bootstrap: str) -> dict:
+async def gather(bootstrap: str, supervisor_state: Path = SUPERVISOR_STATE_FILE) -> dict:
+    supervised = (read_supervisor_state(supervisor_state) or {}).get("services", {})
     services = await asyncio.gather(
         *(
             _service_status(
                 spec.name,
-                f"http://127.0.0.1:{spec.settings().http_port}",
+                supervised.get(spec.name, {}).get(
+                    "url", f"http://127.0.0.1:{spec.settings().http_port}"
+                ),
                 spec.settings().database_url,
             )
             for spec in SERVICES
         )
     )
+    services = [
+        replace(
+            s,
+            restarts=supervised.get(s.service, {}).get("restarts"),
+            last_exit=supervised.get(s.service, {}).get("last_exit"),
+        )
+        for s in services
+    ]
     try:
         lags = await asyncio.wait_for(consumer_lag(bootstrap), timeout=15)
         lag_error = None

@@ -43,6 +43,7 @@ async def start(app: FastAPI) -> None:
 
 async def stop(app: FastAPI) -> None:
     await app.state.audit_trail.close()
+    await app.state.vault.close()  # its key-destruction listener
     await app.state.keystore.dispose()
 
 

@@ -1,18 +1,22 @@
 """Personal data is sealed per person, at rest and in Kafka; destroying the person's key
-makes every copy unreadable."""
+makes every copy unreadable, in every process within a second, and for good."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.intake.settings import IntakeSettings
-from shared.crypto import KeyDestroyed, make_vault, subject_of
+from shared.crypto import KeyDestroyed, Vault, make_vault, subject_of
 from shared.db import make_engine
 from shared.events import SIGNAL_RECEIVED, utc_now
 from tests.support import add_partner, apoll, bearer, fresh_households, intake_scalar, signal_for
@@ -84,10 +88,112 @@ async def shred(stored: str, in_kafka: str, bsn: str, huisnummer: int) -> None:
         for sealed in (stored, in_kafka):
             with pytest.raises(KeyDestroyed):
                 await fresh_vault.open(sealed, CONTEXT)
-        # New data for the same person gets a new key; the old stays unreadable.
-        resealed = await fresh_vault.seal(subject_of(stored), b"{}", CONTEXT)
-        assert await fresh_vault.open(resealed, CONTEXT) == b"{}"
+        # The person stays destroyed: no new key, and what was sealed stays unreadable.
+        with pytest.raises(KeyDestroyed):
+            await fresh_vault.seal(subject_of(stored), b"{}", CONTEXT)
         with pytest.raises(KeyDestroyed):
             await make_vault(settings, engine).open(stored, CONTEXT)
+        await vault.close()
+        await fresh_vault.close()
     finally:
         await engine.dispose()
+
+
+# Two "processes": two engines and two vaults on the one key store.
+
+
+@pytest.fixture
+async def two_vaults(infra) -> AsyncIterator[tuple[Vault, Vault, AsyncEngine]]:  # type: ignore[no-untyped-def]
+    settings = IntakeSettings()
+    engines = [make_engine(settings.keystore_url, pool_size=2) for _ in range(2)]
+    vaults = [make_vault(settings, engine) for engine in engines]
+    try:
+        yield vaults[0], vaults[1], engines[0]
+    finally:
+        for vault in vaults:
+            await vault.close()
+        for engine in engines:
+            await engine.dispose()
+
+
+async def refused_within(deadline_s: float, use: Callable[[], Awaitable[object]]) -> float:
+    """Poll until `use` raises KeyDestroyed; the seconds it took (fails past the deadline)."""
+    started = time.monotonic()
+    while True:
+        try:
+            await use()
+        except KeyDestroyed:
+            return time.monotonic() - started
+        if time.monotonic() - started > deadline_s:
+            raise AssertionError(f"a destroyed key still worked after {deadline_s} s")
+        await asyncio.sleep(0.01)
+
+
+async def cached_in(vault: Vault, sealed: str) -> None:
+    """Open once the listener is up, so that the key is cached in `vault`."""
+
+    async def listening() -> bool:
+        await vault.open(sealed, CONTEXT)  # starts the listener
+        return vault.listening
+
+    await apoll(listening, 10, "the key-destruction listener")
+    assert await vault.open(sealed, CONTEXT) == b"geheim"
+
+
+async def test_a_key_destroyed_in_one_process_is_refused_by_another_within_a_second(
+    two_vaults: tuple[Vault, Vault, AsyncEngine],
+) -> None:
+    here, there, _ = two_vaults
+    subject = uuid.uuid4()
+    sealed = await here.seal(subject, b"geheim", CONTEXT)
+    await cached_in(there, sealed)
+    assert await here.destroy([subject], utc_now()) == 1
+    assert await refused_within(1.0, lambda: there.open(sealed, CONTEXT)) <= 1.0
+    with pytest.raises(KeyDestroyed):  # nor does the other process seal for the person
+        await there.seal(subject, b"nieuw", CONTEXT)
+
+
+async def test_a_missed_notification_never_leaves_a_destroyed_key_usable(
+    two_vaults: tuple[Vault, Vault, AsyncEngine],
+) -> None:
+    here, there, engine = two_vaults
+    subject = uuid.uuid4()
+    sealed = await here.seal(subject, b"geheim", CONTEXT)
+    await cached_in(there, sealed)
+    async with engine.begin() as conn:
+        # The other process's listener connection breaks, and the key is destroyed behind
+        # its back with no notification at all: the cache must not be trusted any more.
+        await conn.execute(
+            text("SELECT pg_terminate_backend(:pid)"), {"pid": there.listener_backend_pid}
+        )
+        await conn.execute(
+            text(
+                "UPDATE person_keys SET wrapped_key = NULL, destroyed_at = now() "
+                "WHERE subject_id = :s"
+            ),
+            {"s": subject},
+        )
+    assert await refused_within(1.0, lambda: there.open(sealed, CONTEXT)) <= 1.0
+
+
+async def test_new_data_for_a_destroyed_person_is_refused_and_the_destruction_stays_recorded(
+    two_vaults: tuple[Vault, Vault, AsyncEngine],
+) -> None:
+    here, there, engine = two_vaults
+    subject = uuid.uuid4()
+    await here.seal(subject, b"geheim", CONTEXT)
+    destroyed_at = utc_now()
+    assert await here.destroy([subject], destroyed_at) == 1
+    for vault in (here, there):
+        with pytest.raises(KeyDestroyed):
+            await vault.seal_many([(uuid.uuid4(), b"ander"), (subject, b"nieuw")], CONTEXT)
+    assert await here.destroy([subject], utc_now()) == 0  # destroying again changes nothing
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text("SELECT wrapped_key, destroyed_at FROM person_keys WHERE subject_id = :s"),
+                {"s": subject},
+            )
+        ).one()
+    assert row.wrapped_key is None
+    assert row.destroyed_at == destroyed_at
