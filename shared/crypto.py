@@ -89,7 +89,12 @@ log = structlog.get_logger(__name__)
 
 
 class KeyDestroyed(Exception):
-    """The person's data key was destroyed: the data is gone for good."""
+    """The person's data key was destroyed: the data is gone for good. `subjects` names
+    every destroyed subject the call met, so a batch can set exactly those aside."""
+
+    def __init__(self, subjects: Iterable[uuid.UUID]) -> None:
+        self.subjects = frozenset(subjects)
+        super().__init__(", ".join(sorted(str(subject) for subject in self.subjects)))
 
 
 class TamperedCiphertext(Exception):
@@ -159,7 +164,7 @@ def subject_of(sealed: str) -> uuid.UUID:
 def open_with(data_key: DataKey, sealed: str, context: str) -> bytes:
     subject, key_id, nonce, ciphertext = _parts(sealed)
     if key_id != data_key.key_id:
-        raise KeyDestroyed(str(subject))  # sealed under an earlier key, destroyed since
+        raise KeyDestroyed([subject])  # sealed under an earlier key, destroyed since
     try:
         return AESGCM(data_key.key).decrypt(nonce, ciphertext, _aad(subject, key_id, context))
     except InvalidTag:
@@ -363,7 +368,7 @@ class Vault:
                 ).all()
             destroyed = sorted(subject for subject, _, wrapped in rows if wrapped is None)
             if destroyed:
-                raise KeyDestroyed(str(destroyed[0]))
+                raise KeyDestroyed(destroyed)
             for subject, key_id, wrapped in rows:
                 keys[subject] = DataKey(key_id, self._unwrap(subject, wrapped))
                 self._remember(subject, keys[subject], evictions_before)
@@ -398,7 +403,7 @@ class Vault:
                     )
                 ).first()
             if row is None or row.wrapped_key is None:
-                raise KeyDestroyed(str(subject))
+                raise KeyDestroyed([subject])
             data_key = DataKey(row.key_id, self._unwrap(subject, row.wrapped_key))
             self._remember(subject, data_key, evictions_before)
         return open_with(data_key, sealed, context)

@@ -19,7 +19,15 @@ from services.intake.settings import IntakeSettings
 from shared.crypto import KeyDestroyed, Vault, make_vault, subject_of
 from shared.db import make_engine
 from shared.events import SIGNAL_RECEIVED, utc_now
-from tests.support import add_partner, apoll, bearer, fresh_households, intake_scalar, signal_for
+from tests.support import (
+    add_partner,
+    apoll,
+    bearer,
+    fresh_households,
+    intake_scalar,
+    poll,
+    signal_for,
+)
 from vroeg.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -96,6 +104,54 @@ async def shred(stored: str, in_kafka: str, bsn: str, huisnummer: int) -> None:
         await vault.close()
         await fresh_vault.close()
     finally:
+        await engine.dispose()
+
+
+def test_a_signal_for_a_person_whose_key_was_destroyed_is_refused_alone(
+    running_stack: Stack,
+) -> None:
+    partner = add_partner("Energie Vernietigd (test)", "Energie")
+    gone, other = fresh_households(2, seed=62)
+    with httpx.Client(base_url=running_stack.url("intake"), timeout=30) as client:
+        headers = bearer(client, partner)
+        first = client.post(
+            "/api/v1/signalen", json=signal_for(gone, partner, "GONE-1"), headers=headers
+        )
+        assert first.status_code == 201
+        stored = intake_scalar(
+            "SELECT persoonsgegevens FROM signalen WHERE partner_signaal_id = 'GONE-1'"
+        )
+        asyncio.run(destroy_subject(subject_of(stored)))
+        single = client.post(
+            "/api/v1/signalen", json=signal_for(gone, partner, "GONE-2"), headers=headers
+        )
+        delivery = client.post(
+            "/api/v1/leveringen",
+            json=[signal_for(gone, partner, "GONE-3"), signal_for(other, partner, "GONE-4")],
+            headers=headers,
+        )
+        assert delivery.status_code == 202, delivery.text
+
+        def processed() -> dict | None:
+            body = client.get(delivery.headers["Location"], headers=headers).json()
+            return body if body["status"] == "verwerkt" else None
+
+        lines = {line["regel"]: line for line in poll(processed, 60, "the delivery")["signalen"]}
+    # Refused with a reason naming the field, never a 500 nor a chunk retried for ever.
+    assert single.status_code == 400, single.text
+    assert [p["name"] for p in single.json()["invalidParams"]] == ["persoon"]
+    assert [e["name"] for e in lines[1]["fouten"]] == ["persoon"]
+    assert lines[2]["status"] == "doorgestuurd"
+
+
+async def destroy_subject(subject: uuid.UUID) -> None:
+    settings = IntakeSettings()
+    engine = make_engine(settings.keystore_url, pool_size=1)
+    vault = make_vault(settings, engine)
+    try:
+        assert await vault.destroy([subject], utc_now()) == 1
+    finally:
+        await vault.close()
         await engine.dispose()
 
 
