@@ -50,7 +50,10 @@ async def new_partner_with_signals(
         client_id=f"feed-{uuid.uuid4().hex[:12]}",
         secret_hash="x",
         naam="Woningcorporatie Test",
-        soort="woningcorporatie",
+        soort="Huur",
+        soorten=["Huur"],
+        afspraak="convenant",
+        afspraak_sinds=now.date(),
         actief=True,
         aangemaakt_op=now,
     )
