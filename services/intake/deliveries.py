@@ -144,7 +144,7 @@ def parse_csv(body: bytes) -> list[Any]:
     except csv.Error:
         # A cell over the csv module's limit (csv.field_size_limit()), or a broken quote.
         raise UnreadableDelivery(
-            f"Regel {reader.line_num} van het CSV-bestand is niet te lezen: een cel is langer "
+            f"Regel {reader.line_num + 1} van het CSV-bestand is niet te lezen: een cel is langer "
             f"dan {csv.field_size_limit()} tekens of een aanhalingsteken sluit niet."
         ) from None
 

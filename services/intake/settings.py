@@ -82,14 +82,14 @@ class IntakeSettings(PersonalDataSettings):
     # A partner needs a token every token_lifetime_s; these leave room for restarts and
     # several replicas of a partner's system, and stop a client guessing secrets.
     token_rate_per_client_per_s: float = Field(
-        0.2, description="Token requests per second per client id (per replica) before 429."
+        1.0, description="Token requests per second per client id (per replica) before 429."
     )
-    token_burst_per_client: int = Field(10, description="Token requests per client id in a burst.")
+    token_burst_per_client: int = Field(20, description="Token requests per client id in a burst.")
     token_rate_per_source_per_s: float = Field(
-        1.0, description="Token requests per second per source address (per replica) before 429."
+        10.0, description="Token requests per second per source address (per replica) before 429."
     )
     token_burst_per_source: int = Field(
-        30, description="Token requests per source address in a burst."
+        100, description="Token requests per source address in a burst."
     )
     rate_limit_max_keys: int = Field(
         100_000,
