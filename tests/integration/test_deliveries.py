@@ -190,3 +190,43 @@ def test_the_partner_side_upload_command(
     status = json.loads(result.stdout)
     assert (status["aantalDoorgestuurd"], status["aantalGeweigerd"]) == (3, 1)
     assert status["signalen"][2]["fouten"][0]["name"] == "achterstandBedrag"
+
+
+@pytest.mark.parametrize("media_type", ["application/json", "text/csv"])
+def test_a_poison_line_is_refused_alone_and_every_other_line_goes_on(
+    running_stack: Stack, partner: dict[str, str], media_type: str
+) -> None:
+    """A NUL or a lone surrogate in partnerSignaalId (or any text) once made the chunk's
+    transaction fail at every lease: the other lines were never accepted."""
+    tag = "PJ" if media_type == "application/json" else "PC"
+    homes = fresh_households(5, seed=43 if tag == "PJ" else 44)
+    signals = [signal_for(home, partner, f"{tag}-{i}") for i, home in enumerate(homes)]
+    signals[1]["partnerSignaalId"] = f"{tag}-\u0000-1"
+    signals[3]["persoon"]["achternaam"] = "Be\x00rg"
+    if media_type == "application/json":
+        signals[2]["partnerSignaalId"] = f"{tag}-\ud800-2"  # CSV in UTF-8 cannot hold one
+        body = json.dumps(signals).encode()
+    else:
+        body = as_csv(signals, ";").encode()
+    with httpx.Client(base_url=running_stack.url("intake"), timeout=60) as client:
+        headers = bearer(client, partner)
+        response = client.post(
+            "/api/v1/leveringen", content=body, headers={**headers, "Content-Type": media_type}
+        )
+        assert response.status_code == 202, response.text
+        status = finished(client, response.headers["Location"], headers)
+        lines = every_line(client, response.headers["Location"], headers)
+    poisoned = {2, 3, 4} if media_type == "application/json" else {2, 4}
+    assert status["aantalVerwerkt"] == 5
+    assert status["aantalGeweigerd"] == len(poisoned)
+    assert [line["regel"] for line in lines] == [1, 2, 3, 4, 5]
+    for line in lines:
+        if line["regel"] in poisoned:
+            assert line["status"] == "geweigerd"
+            assert "ongeldig teken" in line["fouten"][0]["reason"], line
+        else:
+            assert line["status"] == "doorgestuurd", line
+    by_line = {line["regel"]: line for line in lines}
+    assert by_line[2]["partnerSignaalId"] is None  # never stored with the NUL
+    assert by_line[2]["fouten"][0]["name"] == "partnerSignaalId"
+    assert by_line[4]["fouten"][0]["name"] == "persoon.achternaam"
