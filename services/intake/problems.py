@@ -160,6 +160,17 @@ def install(app: FastAPI) -> None:
         where = where if where in ("body", "path", "query", "header") else "body"
         return invalid_input(params_from_validation(errors), where).response(request.url.path)
 
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Our own words only: a database's or a library's message may name tables, values
+        # or personal data. The error itself is logged by the server, without the request.
+        return Problem(
+            500,
+            "Interne fout",
+            "Er ging aan onze kant iets mis. Probeer het later opnieuw; een signaal opnieuw "
+            "sturen met hetzelfde partnerSignaalId geeft geen dubbel signaal.",
+        ).response(request.url.path)
+
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400:  # a body that is not JSON (or not UTF-8) at all

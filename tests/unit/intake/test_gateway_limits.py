@@ -212,3 +212,21 @@ def test_a_limiter_keeps_at_most_max_keys_buckets() -> None:
     for n in range(50):
         busy.allow(f"guess-{n}", now=0.5)
     assert len(busy) <= 10
+
+
+def test_an_unexpected_error_answers_500_in_our_words_never_the_exceptions() -> None:
+    from starlette.testclient import TestClient
+
+    app = FastAPI()
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError('duplicate key value violates "signalen_pkey": Berg, 9411 AB')
+
+    problems.install(app)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/boom")
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "Berg" not in response.text and "signalen" not in response.text
+    assert response.json()["title"] == "Interne fout"
