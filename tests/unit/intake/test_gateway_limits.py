@@ -8,6 +8,7 @@ import csv
 import json
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from pydantic import BaseModel, ValidationError
@@ -215,8 +216,6 @@ def test_a_limiter_keeps_at_most_max_keys_buckets() -> None:
 
 
 def test_an_unexpected_error_answers_500_in_our_words_never_the_exceptions() -> None:
-    from starlette.testclient import TestClient
-
     app = FastAPI()
 
     @app.get("/boom")
@@ -224,8 +223,13 @@ def test_an_unexpected_error_answers_500_in_our_words_never_the_exceptions() -> 
         raise RuntimeError('duplicate key value violates "signalen_pkey": Berg, 9411 AB')
 
     problems.install(app)
-    with TestClient(app, raise_server_exceptions=False) as client:
-        response = client.get("/boom")
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
+            return await client.get("/boom")
+
+    response = asyncio.run(call())
     assert response.status_code == 500
     assert response.headers["content-type"] == "application/problem+json"
     assert "Berg" not in response.text and "signalen" not in response.text
