@@ -16,6 +16,7 @@ import datetime as dt
 import io
 import json
 import os
+import re
 import uuid
 from collections import Counter
 from typing import Any
@@ -54,23 +55,56 @@ class UnreadableDelivery(ValueError):
     """The file as a whole cannot be read; the message says why, in Dutch."""
 
 
+_DECODER = json.JSONDecoder()
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _json_lines(text: str) -> list[Any]:
+    """The elements of a JSON array one by one: each is parsed in C, and between them
+    the interpreter may switch threads, so a large file parsed in a worker thread does
+    not hold the event loop's thread for the whole file (the GIL)."""
+    at = _WHITESPACE.match(text, 0).end()  # type: ignore[union-attr]
+    if not text.startswith("[", at):
+        _DECODER.decode(text)  # valid JSON but no array, or not JSON: say which below
+        raise UnreadableDelivery("Een levering in JSON is een lijst (array) van signalen.")
+    lines: list[Any] = []
+    at = _WHITESPACE.match(text, at + 1).end()  # type: ignore[union-attr]
+    if text.startswith("]", at):
+        end = at + 1
+    else:
+        while True:
+            line, at = _DECODER.raw_decode(text, at)
+            if not isinstance(line, dict):
+                raise UnreadableDelivery(
+                    f"Regel {len(lines) + 1} is geen signaal: elk element van de lijst is "
+                    "een object."
+                )
+            lines.append(line)
+            at = _WHITESPACE.match(text, at).end()  # type: ignore[union-attr]
+            if text.startswith(",", at):
+                at = _WHITESPACE.match(text, at + 1).end()  # type: ignore[union-attr]
+                continue
+            if text.startswith("]", at):
+                end = at + 1
+                break
+            raise json.JSONDecodeError("expected , or ]", text, at)
+    if _WHITESPACE.match(text, end).end() != len(text):  # type: ignore[union-attr]
+        raise json.JSONDecodeError("extra data", text, end)
+    return lines
+
+
 def parse_json(body: bytes) -> list[Any]:
     try:
-        lines = json.loads(body)
+        # as json.loads(bytes) reads it: UTF-8 (with or without BOM), UTF-16 or UTF-32
+        return _json_lines(body.decode(json.detect_encoding(body), "surrogatepass"))
+    except UnreadableDelivery:
+        raise
     except (ValueError, UnicodeError):  # JSONDecodeError, or a number over the digit limit
         raise UnreadableDelivery("De body is geen geldige JSON in UTF-8.") from None
     except RecursionError:  # the parser's own depth bound (sys.getrecursionlimit)
         raise UnreadableDelivery(
             "De JSON is te diep genest; een signaal is hoogstens drie niveaus diep."
         ) from None
-    if not isinstance(lines, list):
-        raise UnreadableDelivery("Een levering in JSON is een lijst (array) van signalen.")
-    for number, line in enumerate(lines, start=1):
-        if not isinstance(line, dict):
-            raise UnreadableDelivery(
-                f"Regel {number} is geen signaal: elk element van de lijst is een object."
-            )
-    return lines
 
 
 _TRUE = {"true", "ja", "1", "waar", "yes"}

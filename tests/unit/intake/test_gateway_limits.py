@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import time
 from typing import Any
 
 import httpx
@@ -15,7 +16,13 @@ from pydantic import BaseModel, ValidationError
 from starlette.types import Message
 
 from services.intake import problems
-from services.intake.deliveries import UnreadableDelivery, _reference, parse_csv, parse_json
+from services.intake.deliveries import (
+    UnreadableDelivery,
+    _reference,
+    parse_csv,
+    parse_json,
+    parse_off_loop,
+)
 from services.intake.gateway import RateLimiter, RequestGuard
 from services.intake.problems import params_from_validation
 from services.intake.schemas import Person, SignalIn
@@ -234,3 +241,40 @@ def test_an_unexpected_error_answers_500_in_our_words_never_the_exceptions() -> 
     assert response.headers["content-type"] == "application/problem+json"
     assert "Berg" not in response.text and "signalen" not in response.text
     assert response.json()["title"] == "Interne fout"
+
+
+def test_a_large_json_delivery_is_parsed_without_holding_the_event_loop() -> None:
+    """json.loads holds the GIL for the whole file, even in a thread; the parser reads
+    the array element by element, so the event loop keeps turning meanwhile."""
+    line = {
+        "partnerSignaalId": "WS-1",
+        "soort": "Huur",
+        "persoon": {"achternaam": "Berg", "bsn": "999990019"},
+        "adres": {"postcode": "9411 AB", "huisnummer": 12, "straatnaam": "Brinkstraat"},
+    }
+    body = json.dumps([line] * 60_000).encode()
+
+    async def longest_pause_and_parse_time() -> tuple[float, float, int]:
+        pauses: list[float] = []
+        done = asyncio.Event()
+
+        async def turn() -> None:
+            last = time.perf_counter()
+            while not done.is_set():
+                await asyncio.sleep(0)
+                now = time.perf_counter()
+                pauses.append(now - last)
+                last = now
+
+        turning = asyncio.create_task(turn())
+        await asyncio.sleep(0)
+        started = time.perf_counter()
+        lines = await parse_off_loop(body, "application/json")
+        took = time.perf_counter() - started
+        done.set()
+        await turning
+        return max(pauses), took, len(lines)
+
+    longest, took, count = asyncio.run(longest_pause_and_parse_time())
+    assert count == 60_000
+    assert longest < took / 2, f"the loop stood still {longest:.3f}s of {took:.3f}s"
