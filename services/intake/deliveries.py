@@ -313,9 +313,18 @@ class DeliveryWorker:
                 )
             )
             raw = await self.vault.open(delivery.inhoud.decode(), DELIVERY_CONTEXT)
-            media_type = delivery.formaat
+            media_type, count = delivery.formaat, delivery.aantal
         partner = PartnerIdentity(id=partner_row.id, naam=partner_row.naam, soort=partner_row.soort)
-        lines = await parse_off_loop(raw, "text/csv" if media_type == "csv" else "application/json")
+        lines: list[Any]
+        try:
+            lines = await parse_off_loop(
+                raw, "text/csv" if media_type == "csv" else "application/json"
+            )
+        except UnreadableDelivery as exc:
+            # Taken at the door under older rules: every line is refused with the reason,
+            # and the delivery ends, instead of failing at every lease.
+            log.warning("stored delivery unreadable; its lines are refused")
+            lines = [exc] * count
         todo = [(n, line) for n, line in enumerate(lines, start=1) if n not in done]
         size = self.settings.delivery_chunk_size
         chunks = [todo[start : start + size] for start in range(0, len(todo), size)]
@@ -378,6 +387,9 @@ class DeliveryWorker:
             if number in unstorable:
                 references[number] = None
                 refused[number] = [UNSTORABLE]
+                continue
+            if isinstance(line, UnreadableDelivery):
+                refused[number] = [{"name": "body", "code": "bestand", "reason": str(line)}]
                 continue
             try:
                 parsed.append((number, SignalIn.model_validate(line)))

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.intake import deliveries
+from services.intake.auth import PartnerIdentity
+from services.intake.settings import IntakeSettings
+from shared.crypto import make_vault
+from shared.db import make_engine
+from shared.events import utc_now
 
 from tests.support import add_partner, bearer, fresh_households, intake_scalar, poll, signal_for
 from vroeg.stack import Stack
@@ -230,3 +240,42 @@ def test_a_poison_line_is_refused_alone_and_every_other_line_goes_on(
     assert by_line[2]["partnerSignaalId"] is None  # never stored with the NUL
     assert by_line[2]["fouten"][0]["name"] == "partnerSignaalId"
     assert by_line[4]["fouten"][0]["name"] == "persoon.achternaam"
+
+
+def test_a_stored_delivery_that_no_longer_reads_ends_with_every_line_refused(
+    running_stack: Stack, partner: dict[str, str]
+) -> None:
+    """A delivery taken at the door under older rules (here: a line that is not an object)
+    once failed at every lease; now each of its lines is refused with the reason."""
+    settings = IntakeSettings()
+    partner_id = intake_scalar("SELECT id FROM partners WHERE client_id = :c", c=partner["client_id"])
+    identity = PartnerIdentity(id=uuid.UUID(str(partner_id)), naam=partner["naam"], soort="Water")
+
+    async def store() -> uuid.UUID:
+        keystore = make_engine(settings.keystore_url, pool_size=1)
+        engine = make_engine(settings.database_url, pool_size=1)
+        try:
+            async with AsyncSession(engine) as session, session.begin():
+                delivery = await deliveries.store_delivery(
+                    session,
+                    make_vault(settings, keystore),
+                    identity,
+                    b'[{"partnerSignaalId": "OUD-1"}, 7]',
+                    "application/json",
+                    2,
+                    utc_now(),
+                )
+                delivery_id = delivery.id
+            return delivery_id
+        finally:
+            await engine.dispose()
+            await keystore.dispose()
+
+    location = f"/api/v1/leveringen/{asyncio.run(store())}"
+    with httpx.Client(base_url=running_stack.url("intake"), timeout=60) as client:
+        headers = bearer(client, partner)
+        status = finished(client, location, headers)
+        lines = every_line(client, location, headers)
+    assert status["aantalGeweigerd"] == 2
+    assert [line["status"] for line in lines] == ["geweigerd", "geweigerd"]
+    assert all("Regel 2 is geen signaal" in line["fouten"][0]["reason"] for line in lines)
