@@ -22,7 +22,6 @@ from services.intake.settings import IntakeSettings
 from shared.crypto import make_vault
 from shared.db import make_engine
 from shared.events import utc_now
-
 from tests.support import add_partner, bearer, fresh_households, intake_scalar, poll, signal_for
 from vroeg.stack import Stack
 
@@ -248,7 +247,9 @@ def test_a_stored_delivery_that_no_longer_reads_ends_with_every_line_refused(
     """A delivery taken at the door under older rules (here: a line that is not an object)
     once failed at every lease; now each of its lines is refused with the reason."""
     settings = IntakeSettings()
-    partner_id = intake_scalar("SELECT id FROM partners WHERE client_id = :c", c=partner["client_id"])
+    partner_id = intake_scalar(
+        "SELECT id FROM partners WHERE client_id = :c", c=partner["client_id"]
+    )
     identity = PartnerIdentity(id=uuid.UUID(str(partner_id)), naam=partner["naam"], soort="Water")
 
     async def store() -> uuid.UUID:
