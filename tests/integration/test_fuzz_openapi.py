@@ -49,6 +49,7 @@ from hypothesis import strategies as st
 from stdnum.nl import bsn as bsn_rules
 
 from services.intake.app import create_app
+from services.intake.schemas import has_invalid_characters
 from tests.support import add_partner, fresh_households, token
 from vroeg.stack import Stack
 
@@ -280,6 +281,10 @@ def known_gap(body: dict[str, Any], field: str) -> bool:
     value = _value(body, field)
     if not isinstance(value, str):
         return False
+    if has_invalid_characters(value):
+        # Not a gap but the generator's: schemathesis draws NUL into texts whose pattern
+        # in the document excludes it; the refusal is the document's.
+        return True
     odd = any(c.isspace() or not c.isprintable() for c in value)
     return value.strip() == "" or (field == "contact.email" and odd)
 
