@@ -410,7 +410,12 @@ def test_an_independent_schemathesis_run_finds_no_server_error_and_no_mismatch(
     ]
     started = time.monotonic()
     run = subprocess.run(
-        command, capture_output=True, text=True, timeout=CLI_TIME_BUDGET_S + 60, check=False
+        command,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIME_BUDGET_S + 60,
+        check=False,
+        cwd=tmp_path,  # its cache and crash files stay out of the repository
     )
     took = time.monotonic() - started
     report = run.stdout[-6000:] + run.stderr[-2000:]
