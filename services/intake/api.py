@@ -15,12 +15,12 @@ from services.intake import deliveries, domain, handlers
 from services.intake.auth import (
     CurrentPartner,
     PartnerIdentity,
+    client_secret_matches,
     confirm_active,
     issue_token,
-    secret_matches,
 )
 from services.intake.models import Delivery, DeliveryLine, Partner, Signal
-from services.intake.problems import Problem, invalid_input
+from services.intake.problems import Problem, invalid_input, printable
 from services.intake.schemas import (
     DeliveryReceipt,
     DeliveryStatus,
@@ -69,18 +69,22 @@ def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+def too_many_requests(wait_s: float, advice: str) -> Problem:
+    seconds = max(1, int(wait_s + 0.999))
+    return Problem(
+        429,
+        "Te veel verzoeken",
+        f"U stuurt meer verzoeken dan is toegestaan. Probeer het over {seconds} seconden "
+        f"opnieuw{advice}.",
+        headers={"Retry-After": str(seconds)},
+    )
+
+
 async def rate_limited(request: Request, partner: CurrentPartner) -> PartnerIdentity:
     """429 with Retry-After when a partner sends faster than its share (per replica)."""
     wait = request.app.state.rate_limiter.allow(partner.id)
     if wait is not None:
-        seconds = max(1, int(wait + 0.999))
-        raise Problem(
-            429,
-            "Te veel verzoeken",
-            f"U stuurt meer verzoeken dan is toegestaan. Probeer het over {seconds} seconden "
-            "opnieuw, of lever grote aantallen via POST /api/v1/leveringen.",
-            headers={"Retry-After": str(seconds)},
-        )
+        raise too_many_requests(wait, ", of lever grote aantallen via POST /api/v1/leveringen")
     return partner
 
 
@@ -94,16 +98,26 @@ LimitedPartner = Annotated[PartnerIdentity, Depends(rate_limited)]
     summary="Vraag een toegangstoken aan (OAuth 2.0 client credentials)",
     description="Stuur client_id en client_secret als HTTP Basic en grant_type=client_credentials "
     "als formulierveld. Het token draagt de identiteit van de partner.",
-    responses={400: _REFUSALS[400], 401: _REFUSALS[401]},
+    responses={400: _REFUSALS[400], 401: _REFUSALS[401], 429: _REFUSALS[429]},
 )
 async def token(
     request: Request,
     grant_type: Annotated[str, Form(examples=["client_credentials"])],
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> TokenResponse:
+    credentials = _basic_credentials(authorization)
+    if credentials is not None:
+        # The audit trail names the client id tried (never the secret), also when refused.
+        request.state.audit_object = printable(credentials[0])
+    # Per source first, so that guessing many client ids is throttled as well.
+    source = request.client.host if request.client else "onbekend"
+    wait = request.app.state.token_source_limiter.allow(source)
+    if wait is None and credentials is not None:
+        wait = request.app.state.token_client_limiter.allow(credentials[0])
+    if wait is not None:
+        raise too_many_requests(wait, "")
     if grant_type != "client_credentials":
         raise Problem(400, "Ongeldig verzoek", "grant_type moet client_credentials zijn.")
-    credentials = _basic_credentials(authorization)
     refused = Problem(
         401,
         "Niet geauthenticeerd",
@@ -115,11 +129,11 @@ async def token(
     runtime = request.app.state.runtime
     async with runtime.session_factory() as session:
         partner = await session.scalar(select(Partner).where(Partner.client_id == credentials[0]))
-    if (
-        partner is None
-        or not partner.actief
-        or not secret_matches(partner.secret_hash, credentials[1])
-    ):
+    # An unknown client costs the same argon2 work as a wrong secret (a dummy hash).
+    matches = await client_secret_matches(
+        partner.secret_hash if partner is not None else None, credentials[1]
+    )
+    if partner is None or not matches or not partner.actief:
         raise refused
     request.state.partner_id = str(partner.id)
     return TokenResponse(
@@ -273,7 +287,17 @@ async def get_receipt(request: Request, signaal_id: uuid.UUID, partner: LimitedP
                         "minItems": 1,
                         "description": "Signalen; elk wordt apart beoordeeld, een fout signaal "
                         "wordt geweigerd in de voortgang, niet de hele levering.",
-                        "items": {"$ref": "#/components/schemas/SignalIn"},
+                        # Not `$ref SignalIn`: a line that breaks SignalIn does not refuse
+                        # the delivery (202); it is refused on its own, in the progress.
+                        "items": {
+                            "type": "object",
+                            "description": "Een signaal met de velden van SignalIn (zoals "
+                            "bij POST /signalen). Een levering wordt als geheel aangenomen "
+                            "(202); elk signaal wordt daarna apart beoordeeld, en een signaal "
+                            "dat niet aan SignalIn voldoet staat als 'geweigerd' met zijn "
+                            "fouten in GET /leveringen/{levering_id}. Alleen een element dat "
+                            "geen object is weigert de hele levering (400).",
+                        },
                     }
                 },
                 "text/csv": {
@@ -303,7 +327,7 @@ async def deliver_batch(
         )
     body = await request.body()
     try:
-        lines = deliveries.parse(body, media_type)
+        lines = await deliveries.parse_off_loop(body, media_type)
     except deliveries.UnreadableDelivery as exc:
         raise invalid_input([{"name": "body", "code": "bestand", "reason": str(exc)}]) from None
     settings = request.app.state.runtime.settings
@@ -319,6 +343,12 @@ async def deliver_batch(
         )
     async with request.app.state.runtime.session_factory() as session, session.begin():
         await confirm_active(session, partner)
+        if await deliveries.in_flight(session, partner.id) >= settings.delivery_max_in_flight:
+            raise too_many_requests(
+                settings.delivery_retry_after_s,
+                f": er zijn al {settings.delivery_max_in_flight} leveringen van u in "
+                "verwerking (zie GET /api/v1/leveringen/{id})",
+            )
         delivery = await deliveries.store_delivery(
             session, request.app.state.vault, partner, body, media_type, len(lines), utc_now()
         )

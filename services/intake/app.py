@@ -33,6 +33,16 @@ async def start(app: FastAPI) -> None:
     app.state.keystore = make_engine(settings.keystore_url, pool_size=10, max_overflow=0)
     app.state.vault = make_vault(settings, app.state.keystore)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+    app.state.token_source_limiter = RateLimiter(
+        settings.token_rate_per_source_per_s,
+        settings.token_burst_per_source,
+        settings.rate_limit_max_keys,
+    )
+    app.state.token_client_limiter = RateLimiter(
+        settings.token_rate_per_client_per_s,
+        settings.token_burst_per_client,
+        settings.rate_limit_max_keys,
+    )
     app.state.audit_trail = AuditTrail(runtime.session_factory, audit)
     app.state.delivery_worker = DeliveryWorker(
         settings, runtime.session_factory, app.state.vault, runtime.outbox, app.state.municipalities

@@ -16,20 +16,21 @@ import datetime as dt
 import io
 import json
 import os
+import re
 import uuid
 from collections import Counter
 from typing import Any
 
 import structlog
 from pydantic import ValidationError
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.intake import domain, handlers
 from services.intake.auth import PartnerIdentity
 from services.intake.models import Delivery, DeliveryLine, Partner
 from services.intake.problems import params_from_validation
-from services.intake.schemas import SignalIn
+from services.intake.schemas import SignalIn, has_invalid_characters
 from services.intake.settings import IntakeSettings
 from shared.crypto import Vault
 from shared.events import utc_now
@@ -60,14 +61,56 @@ class UnreadableDelivery(ValueError):
     """The file as a whole cannot be read; the message says why, in Dutch."""
 
 
+_DECODER = json.JSONDecoder()
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _json_lines(text: str) -> list[Any]:
+    """The elements of a JSON array one by one: each is parsed in C, and between them
+    the interpreter may switch threads, so a large file parsed in a worker thread does
+    not hold the event loop's thread for the whole file (the GIL)."""
+    at = _WHITESPACE.match(text, 0).end()  # type: ignore[union-attr]
+    if not text.startswith("[", at):
+        _DECODER.decode(text)  # valid JSON but no array, or not JSON: say which below
+        raise UnreadableDelivery("Een levering in JSON is een lijst (array) van signalen.")
+    lines: list[Any] = []
+    at = _WHITESPACE.match(text, at + 1).end()  # type: ignore[union-attr]
+    if text.startswith("]", at):
+        end = at + 1
+    else:
+        while True:
+            line, at = _DECODER.raw_decode(text, at)
+            if not isinstance(line, dict):
+                raise UnreadableDelivery(
+                    f"Regel {len(lines) + 1} is geen signaal: elk element van de lijst is "
+                    "een object."
+                )
+            lines.append(line)
+            at = _WHITESPACE.match(text, at).end()  # type: ignore[union-attr]
+            if text.startswith(",", at):
+                at = _WHITESPACE.match(text, at + 1).end()  # type: ignore[union-attr]
+                continue
+            if text.startswith("]", at):
+                end = at + 1
+                break
+            raise json.JSONDecodeError("expected , or ]", text, at)
+    if _WHITESPACE.match(text, end).end() != len(text):  # type: ignore[union-attr]
+        raise json.JSONDecodeError("extra data", text, end)
+    return lines
+
+
 def parse_json(body: bytes) -> list[Any]:
     try:
-        lines = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UnreadableDelivery("De body is geen geldige JSON.") from None
-    if not isinstance(lines, list):
-        raise UnreadableDelivery("Een levering in JSON is een lijst (array) van signalen.")
-    return lines
+        # as json.loads(bytes) reads it: UTF-8 (with or without BOM), UTF-16 or UTF-32
+        return _json_lines(body.decode(json.detect_encoding(body), "surrogatepass"))
+    except UnreadableDelivery:
+        raise
+    except (ValueError, UnicodeError):  # JSONDecodeError, or a number over the digit limit
+        raise UnreadableDelivery("De body is geen geldige JSON in UTF-8.") from None
+    except RecursionError:  # the parser's own depth bound (sys.getrecursionlimit)
+        raise UnreadableDelivery(
+            "De JSON is te diep genest; een signaal is hoogstens drie niveaus diep."
+        ) from None
 
 
 _TRUE = {"true", "ja", "1", "waar", "yes"}
@@ -81,6 +124,25 @@ def _cell(value: str) -> Any:
     if lowered in _FALSE:
         return False
     return value.strip()
+
+
+def check_header(fieldnames: list[str]) -> None:
+    """Column names nest with dots (adres.postcode); refuse a header that cannot be read
+    as one signal: an empty name part, a column twice, or a column that is both a field
+    and a group (adres and adres.postcode)."""
+    paths = [tuple(name.strip().split(".")) for name in fieldnames]
+    for index, path in enumerate(paths, start=1):
+        if any(part == "" for part in path):
+            raise UnreadableDelivery(f"Kolom {index} van de kopregel heeft een lege veldnaam.")
+    seen = set(paths)
+    if len(seen) != len(paths):
+        raise UnreadableDelivery("De kopregel noemt een kolom twee keer.")
+    for path in paths:
+        if any(path[:depth] in seen for depth in range(1, len(path))):
+            raise UnreadableDelivery(
+                "De kopregel noemt een veld en ook velden daarbinnen (zoals adres en "
+                "adres.postcode)."
+            )
 
 
 def unflatten(row: dict[str, str]) -> dict[str, Any]:
@@ -106,20 +168,51 @@ def parse_csv(body: bytes) -> list[Any]:
         )
     except UnicodeDecodeError:
         raise UnreadableDelivery("Het CSV-bestand is niet in UTF-8.") from None
-    first_line = text.split("\n", 1)[0]
+    first_line = text.splitlines()[0] if text else ""
     delimiter = ";" if first_line.count(";") >= first_line.count(",") else ","
-    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
-    if not reader.fieldnames or "partnerSignaalId" not in [f.strip() for f in reader.fieldnames]:
+    # newline="": the csv module sees every line ending (\n, \r\n, a lone \r) itself.
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        if not reader.fieldnames or "partnerSignaalId" not in [
+            f.strip() for f in reader.fieldnames
+        ]:
+            raise UnreadableDelivery(
+                "Het CSV-bestand mist een kopregel met de veldnamen (zoals partnerSignaalId)."
+            )
+        check_header(list(reader.fieldnames))
+        return [unflatten(row) for row in reader]
+    except csv.Error:
+        # A cell over the csv module's limit (csv.field_size_limit()), or a broken quote.
         raise UnreadableDelivery(
-            "Het CSV-bestand mist een kopregel met de veldnamen (zoals partnerSignaalId)."
-        )
-    return [unflatten(row) for row in reader]
+            f"Regel {reader.line_num + 1} van het CSV-bestand is niet te lezen: een cel is langer "
+            f"dan {csv.field_size_limit()} tekens of een aanhalingsteken sluit niet."
+        ) from None
 
 
 def parse(body: bytes, media_type: str) -> list[Any]:
     if media_type == "text/csv":
         return parse_csv(body)
     return parse_json(body)
+
+
+async def parse_off_loop(body: bytes, media_type: str) -> list[Any]:
+    """Parsing a file of up to max_delivery_bytes takes a while: not on the event loop,
+    where every other partner's request waits for it."""
+    return await asyncio.to_thread(parse, body, media_type)
+
+
+async def in_flight(session: AsyncSession, partner_id: uuid.UUID) -> int:
+    """The partner's deliveries not yet processed. Locks the partner's row until the
+    transaction ends, so that two deliveries at the same moment count each other."""
+    await session.execute(select(Partner.id).where(Partner.id == partner_id).with_for_update())
+    return int(
+        await session.scalar(
+            select(func.count())
+            .select_from(Delivery)
+            .where(Delivery.partner_id == partner_id, Delivery.status != PROCESSED)
+        )
+        or 0
+    )
 
 
 def unbroken_run(line_numbers: list[int], after: int) -> int:
@@ -227,9 +320,18 @@ class DeliveryWorker:
                 )
             )
             raw = await self.vault.open(delivery.inhoud.decode(), DELIVERY_CONTEXT)
-            media_type = delivery.formaat
+            media_type, count = delivery.formaat, delivery.aantal
         partner = PartnerIdentity(id=partner_row.id, naam=partner_row.naam, soort=partner_row.soort)
-        lines = parse(raw, "text/csv" if media_type == "csv" else "application/json")
+        lines: list[Any]
+        try:
+            lines = await parse_off_loop(
+                raw, "text/csv" if media_type == "csv" else "application/json"
+            )
+        except UnreadableDelivery as exc:
+            # Taken at the door under older rules: every line is refused with the reason,
+            # and the delivery ends, instead of failing at every lease.
+            log.warning("stored delivery unreadable; its lines are refused")
+            lines = [exc] * count
         self._first_lines[delivery_id] = first_lines(lines)
         todo = [(n, line) for n, line in enumerate(lines, start=1) if n not in done]
         size = self.settings.delivery_chunk_size
@@ -259,6 +361,32 @@ class DeliveryWorker:
         partner: PartnerIdentity,
         chunk: list[tuple[int, Any]],
     ) -> None:
+        """A chunk in one transaction. Should the database refuse a value of one line (a
+        data error, never a lost connection), the chunk is split until that line stands
+        alone, and it alone is refused: a poison line never holds the delivery."""
+        try:
+            await self._write_chunk(delivery_id, partner, chunk, unstorable=frozenset())
+        except Exception as exc:
+            if not _is_data_error(exc):
+                raise
+            if len(chunk) == 1:
+                log.warning("delivery line refused by the database", **error_fields(exc))
+                await self._write_chunk(
+                    delivery_id, partner, chunk, unstorable=frozenset({chunk[0][0]})
+                )
+                return
+            half = len(chunk) // 2
+            await self._process_chunk(delivery_id, partner, chunk[:half])
+            await self._process_chunk(delivery_id, partner, chunk[half:])
+
+    async def _write_chunk(
+        self,
+        delivery_id: uuid.UUID,
+        partner: PartnerIdentity,
+        chunk: list[tuple[int, Any]],
+        *,
+        unstorable: frozenset[int],
+    ) -> None:
         now = utc_now()
         parsed: list[tuple[int, SignalIn]] = []
         refused: dict[int, list[dict[str, str]]] = {}
@@ -266,6 +394,13 @@ class DeliveryWorker:
         first = self._first_lines.get(delivery_id, {})
         for number, line in chunk:
             references[number] = _reference(line)
+            if number in unstorable:
+                references[number] = None
+                refused[number] = [UNSTORABLE]
+                continue
+            if isinstance(line, UnreadableDelivery):
+                refused[number] = [{"name": "body", "code": "bestand", "reason": str(line)}]
+                continue
             earlier = first.get(references[number] or "", (number, line))
             if earlier[0] < number:  # the id stood on an earlier line of this delivery
                 violation = domain.duplicate_line(differing_keys(earlier[1], line), earlier[0])
@@ -374,10 +509,34 @@ def differing_keys(first: Any, again: Any) -> list[str]:
     return sorted(k for k in first.keys() | again.keys() if first.get(k) != again.get(k))
 
 
+UNSTORABLE = {
+    "name": "body",
+    "code": "opslag",
+    "reason": "Dit signaal kon niet worden opgeslagen: een waarde past niet (controleer "
+    "tekens en getallen). De andere signalen van de levering zijn wel verwerkt.",
+}
+
+
+def _is_data_error(exc: BaseException) -> bool:
+    """A value the database (SQLSTATE class 22, data exception) or the driver (text it
+    cannot encode) refuses: redoing it fails again, unlike a lost connection."""
+    seen: BaseException | None = exc
+    for _ in range(5):  # the exception, SQLAlchemy's wrapper, the driver's error
+        if seen is None:
+            return False
+        if isinstance(seen, UnicodeError) or str(getattr(seen, "sqlstate", "")).startswith("22"):
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
+
+
 def _reference(line: Any) -> str | None:
-    if isinstance(line, dict) and isinstance(line.get("partnerSignaalId"), str):
-        return str(line["partnerSignaalId"])[:100]
-    return None
+    """The line's partnerSignaalId as the partner sent it, if it can be stored: with a NUL
+    or a lone surrogate (the line is refused for it) the line is known by its number."""
+    reference = line.get("partnerSignaalId") if isinstance(line, dict) else None
+    if not isinstance(reference, str) or has_invalid_characters(reference):
+        return None
+    return reference[:100]
 
 
 async def store_delivery(

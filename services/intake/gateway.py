@@ -3,9 +3,10 @@ partner call is shared.audit.AuditHttpCalls."""
 
 from __future__ import annotations
 
+import heapq
 import json
 import time
-import uuid
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import structlog
@@ -62,27 +63,36 @@ class RequestGuard:
             await _too_large(scope, send, limit)
             return
         seen = 0
-        started = False
+        started = refused = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
+                    # Answer 413 at once: the app (FastAPI reading a JSON body) would turn
+                    # the failed read into a 400 of its own.
+                    refused = True
+                    if not started:
+                        await _too_large(scope, send, limit)
                     raise _TooLarge
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if refused:
+                return  # the 413 went out; the app's answer to the broken read is dropped
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await _too_large(scope, send, limit)
+        except Exception:
+            if not refused:  # after a refusal, what the app raised is the broken read
+                raise
 
 
 async def _too_large(scope: Scope, send: Send, limit: int) -> None:
@@ -126,21 +136,40 @@ class _Bucket:
 
 
 class RateLimiter:
-    """A token bucket per partner (per replica): `allow` answers None or seconds to wait."""
+    """A token bucket per key (a partner id, a client id, a source address; per replica):
+    `allow` answers None or seconds to wait. At most `max_keys` buckets are kept: when
+    full, the buckets that have refilled (idle callers) are dropped, then the oldest."""
 
-    def __init__(self, per_second: float, burst: int) -> None:
+    def __init__(self, per_second: float, burst: int, max_keys: int = 100_000) -> None:
         self.per_second = per_second
         self.burst = burst
-        self._buckets: dict[uuid.UUID, _Bucket] = {}
+        self.max_keys = max_keys
+        self._buckets: dict[Hashable, _Bucket] = {}
 
-    def allow(self, partner_id: uuid.UUID, now: float | None = None) -> float | None:
+    def allow(self, key: Hashable, now: float | None = None) -> float | None:
         now = time.monotonic() if now is None else now
-        bucket = self._buckets.get(partner_id)
+        bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[partner_id] = _Bucket(float(self.burst), now)
+            if len(self._buckets) >= self.max_keys:
+                self._prune(now)
+            bucket = self._buckets[key] = _Bucket(float(self.burst), now)
         bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.per_second)
         bucket.updated = now
         if bucket.tokens >= 1:
             bucket.tokens -= 1
             return None
         return (1 - bucket.tokens) / self.per_second
+
+    def _prune(self, now: float) -> None:
+        refill_s = self.burst / self.per_second
+        for key in [k for k, b in self._buckets.items() if now - b.updated >= refill_s]:
+            del self._buckets[key]  # a full bucket is the same as no bucket
+        if len(self._buckets) >= self.max_keys:  # all busy: forget the least recent tenth
+            oldest = heapq.nsmallest(
+                max(1, self.max_keys // 10), self._buckets, key=lambda k: self._buckets[k].updated
+            )
+            for key in oldest:
+                del self._buckets[key]
+
+    def __len__(self) -> int:
+        return len(self._buckets)

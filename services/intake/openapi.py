@@ -86,6 +86,24 @@ _BAD_REQUEST_SCHEMA = {
 }
 
 
+# What schemas.ApiModel refuses in every text (NUL, lone surrogates), in the document too.
+_PLAIN_TEXT = "[^\\u0000\\ud800-\\udfff]"
+_SIGNAL_SCHEMAS = ("SignalIn", "CollectionProcess", "Person", "Address", "Contact")
+
+
+def _plain_text_only(schema: dict[str, Any]) -> None:
+    """A free text gets a pattern without NUL and lone surrogates; a pattern that lets
+    any character but a few through gets them added to the few."""
+    for option in schema.get("anyOf", [schema]):
+        if option.get("type") != "string" or "enum" in option or "format" in option:
+            continue
+        pattern = option.get("pattern")
+        if pattern is None:
+            option["pattern"] = f"^{_PLAIN_TEXT}*$"
+        elif "[^@\\s]" in pattern:
+            option["pattern"] = pattern.replace("[^@\\s]", "[^@\\s\\u0000\\ud800-\\udfff]")
+
+
 def _problem(description: str, schema: str = "Problem") -> dict[str, Any]:
     return {
         "description": description,
@@ -124,6 +142,9 @@ def partner_openapi(app: FastAPI, *, public_url: str) -> dict[str, Any]:
         "TokenResponse",
     ):
         schemas.pop(generated, None)
+    for name in _SIGNAL_SCHEMAS:
+        for field in schemas[name]["properties"].values():
+            _plain_text_only(field)
     schemas["Problem"] = _PROBLEM_SCHEMA
     schemas["BadRequestProblem"] = _BAD_REQUEST_SCHEMA
     document["components"]["securitySchemes"] = {

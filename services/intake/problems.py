@@ -13,6 +13,23 @@ from starlette.routing import Match
 
 PROBLEM_JSON = "application/problem+json"
 
+# How much of a name taken from the request (a field name, a client id) an answer or the
+# audit trail repeats.
+NAME_LIMIT = 64
+
+
+class Rule(ValueError):
+    """A rule a value breaks, worded in Dutch for the partner. Only these messages reach
+    an answer; any other error's message (pydantic's, a library's, the database's) is
+    replaced by our own text."""
+
+
+def printable(value: str, limit: int = NAME_LIMIT) -> str:
+    """Only printable characters (no NUL, control characters or lone surrogates), bounded:
+    safe to repeat in an answer, a log line or the audit trail."""
+    return "".join(c for c in value if c.isprintable())[:limit]
+
+
 _PYDANTIC_RULES_NL = {
     "missing": "Dit veld is verplicht.",
     "extra_forbidden": "Dit veld is onbekend; controleer de veldnaam.",
@@ -108,7 +125,7 @@ def _field_name(loc: tuple[Any, ...], error_type: str) -> str:
     if error_type == "json_invalid":
         return "body"  # pydantic puts the character offset here
     parts = [str(part) for part in loc if part not in ("body", "path", "query", "header")]
-    return ".".join(parts) or "body"
+    return printable(".".join(parts)) or "body"  # a name may come from the request
 
 
 def params_from_validation(errors: Sequence[Any]) -> list[dict[str, str]]:
@@ -116,11 +133,12 @@ def params_from_validation(errors: Sequence[Any]) -> list[dict[str, str]]:
     for error in errors:
         rule = _PYDANTIC_RULES_NL.get(error["type"], "De waarde voldoet niet aan de regel.")
         if error["type"] == "value_error":
-            rule = str(error.get("ctx", {}).get("error", rule))
-        elif error["type"] == "string_pattern_mismatch":
+            cause = error.get("ctx", {}).get("error")
+            rule = str(cause) if isinstance(cause, Rule) else rule
+        elif error["type"] == "string_pattern_mismatch" and "pattern" in error.get("ctx", {}):
             rule = f"De waarde heeft niet de juiste vorm (patroon {error['ctx']['pattern']})."
         elif error["type"] in ("string_too_long", "too_long"):
-            rule = f"Te lang: hoogstens {error['ctx'].get('max_length')} tekens."
+            rule = f"Te lang: hoogstens {error.get('ctx', {}).get('max_length')} tekens."
         params.append(
             {
                 "name": _field_name(tuple(error["loc"]), error["type"]),
@@ -143,6 +161,17 @@ def install(app: FastAPI) -> None:
         where = where if where in ("body", "path", "query", "header") else "body"
         return invalid_input(params_from_validation(errors), where).response(request.url.path)
 
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Our own words only: a database's or a library's message may name tables, values
+        # or personal data. The error itself is logged by the server, without the request.
+        return Problem(
+            500,
+            "Interne fout",
+            "Er ging aan onze kant iets mis. Probeer het later opnieuw; een signaal opnieuw "
+            "sturen met hetzelfde partnerSignaalId geeft geen dubbel signaal.",
+        ).response(request.url.path)
+
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400:  # a body that is not JSON (or not UTF-8) at all
@@ -163,10 +192,11 @@ def install(app: FastAPI) -> None:
         headers = dict(exc.headers or {})
         if exc.status_code == 405:  # every method of the path, not only its first route's
             headers["Allow"] = _allowed_methods(request)
+        # Never the exception's own text: it may be a library's, in English, or worse.
         return Problem(
             exc.status_code,
             titles.get(exc.status_code, "Fout"),
-            details.get(exc.status_code, str(exc.detail)),
+            details.get(exc.status_code, "Het verzoek kon niet worden verwerkt."),
             headers=headers,
         ).response(request.url.path)
 

@@ -14,6 +14,7 @@ from pydantic import (
     Field,
     StringConstraints,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -21,6 +22,7 @@ from stdnum.exceptions import ValidationError as StdnumError
 from stdnum.nl import bsn as bsn_rules
 from stdnum.nl import postcode as postcode_rules
 
+from services.intake.problems import Rule
 from shared.events import EnergyKind, GemeenteCode, SignalKind
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
@@ -28,7 +30,7 @@ Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
 
 def _valid_bsn(value: str) -> str:
     if not bsn_rules.is_valid(value):
-        raise ValueError("Dit is geen geldig BSN: het voldoet niet aan de elfproef.")
+        raise Rule("Dit is geen geldig BSN: het voldoet niet aan de elfproef.")
     return value
 
 
@@ -36,17 +38,36 @@ def _valid_postcode(value: str) -> str:
     try:
         return str(postcode_rules.validate(value))
     except StdnumError:
-        raise ValueError("Dit is geen geldige Nederlandse postcode (zoals 9411 AB).") from None
+        raise Rule("Dit is geen geldige Nederlandse postcode (zoals 9411 AB).") from None
 
 
 Bsn = Annotated[str, StringConstraints(pattern=r"^\d{9}$"), AfterValidator(_valid_bsn)]
 Postcode = Annotated[str, StringConstraints(max_length=7), AfterValidator(_valid_postcode)]
 
 
+def has_invalid_characters(value: str) -> bool:
+    """NUL and lone surrogates are text no database, file or answer can hold (PostgreSQL
+    refuses NUL in text; UTF-8 has no surrogates): invalid input everywhere."""
+    return "\x00" in value or any("\ud800" <= c <= "\udfff" for c in value)
+
+
+INVALID_CHARACTERS = Rule(
+    "De tekst bevat een ongeldig teken (het NUL-teken of een losse surrogaat); "
+    "stuur gewone tekst in UTF-8."
+)
+
+
 class ApiModel(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def no_invalid_characters(cls, value: object) -> object:
+        if isinstance(value, str) and has_invalid_characters(value):
+            raise INVALID_CHARACTERS
+        return value
 
 
 class CollectionProcess(ApiModel):
@@ -135,9 +156,9 @@ class SignalIn(ApiModel):
     @model_validator(mode="after")
     def energy_kind_only_for_energy(self) -> SignalIn:
         if self.soort == "Energie" and self.energiesoort is None:
-            raise ValueError("energiesoort is verplicht bij soort Energie")
+            raise Rule("energiesoort is verplicht bij soort Energie")
         if self.soort != "Energie" and self.energiesoort is not None:
-            raise ValueError("energiesoort mag alleen bij soort Energie")
+            raise Rule("energiesoort mag alleen bij soort Energie")
         return self
 
 

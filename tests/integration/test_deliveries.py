@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.intake import deliveries
+from services.intake.auth import PartnerIdentity
+from services.intake.settings import IntakeSettings
+from shared.crypto import make_vault
+from shared.db import make_engine
+from shared.events import utc_now
 from tests.support import add_partner, bearer, fresh_households, intake_scalar, poll, signal_for
 from vroeg.stack import Stack
 
@@ -190,3 +199,84 @@ def test_the_partner_side_upload_command(
     status = json.loads(result.stdout)
     assert (status["aantalDoorgestuurd"], status["aantalGeweigerd"]) == (3, 1)
     assert status["signalen"][2]["fouten"][0]["name"] == "achterstandBedrag"
+
+
+@pytest.mark.parametrize("media_type", ["application/json", "text/csv"])
+def test_a_poison_line_is_refused_alone_and_every_other_line_goes_on(
+    running_stack: Stack, partner: dict[str, str], media_type: str
+) -> None:
+    """A NUL or a lone surrogate in partnerSignaalId (or any text) once made the chunk's
+    transaction fail at every lease: the other lines were never accepted."""
+    tag = "PJ" if media_type == "application/json" else "PC"
+    homes = fresh_households(5, seed=43 if tag == "PJ" else 44)
+    signals = [signal_for(home, partner, f"{tag}-{i}") for i, home in enumerate(homes)]
+    signals[1]["partnerSignaalId"] = f"{tag}-\u0000-1"
+    signals[3]["persoon"]["achternaam"] = "Be\x00rg"
+    if media_type == "application/json":
+        signals[2]["partnerSignaalId"] = f"{tag}-\ud800-2"  # CSV in UTF-8 cannot hold one
+        body = json.dumps(signals).encode()
+    else:
+        body = as_csv(signals, ";").encode()
+    with httpx.Client(base_url=running_stack.url("intake"), timeout=60) as client:
+        headers = bearer(client, partner)
+        response = client.post(
+            "/api/v1/leveringen", content=body, headers={**headers, "Content-Type": media_type}
+        )
+        assert response.status_code == 202, response.text
+        status = finished(client, response.headers["Location"], headers)
+        lines = every_line(client, response.headers["Location"], headers)
+    poisoned = {2, 3, 4} if media_type == "application/json" else {2, 4}
+    assert status["aantalVerwerkt"] == 5
+    assert status["aantalGeweigerd"] == len(poisoned)
+    assert [line["regel"] for line in lines] == [1, 2, 3, 4, 5]
+    for line in lines:
+        if line["regel"] in poisoned:
+            assert line["status"] == "geweigerd"
+            assert "ongeldig teken" in line["fouten"][0]["reason"], line
+        else:
+            assert line["status"] == "doorgestuurd", line
+    by_line = {line["regel"]: line for line in lines}
+    assert by_line[2]["partnerSignaalId"] is None  # never stored with the NUL
+    assert by_line[2]["fouten"][0]["name"] == "partnerSignaalId"
+    assert by_line[4]["fouten"][0]["name"] == "persoon.achternaam"
+
+
+def test_a_stored_delivery_that_no_longer_reads_ends_with_every_line_refused(
+    running_stack: Stack, partner: dict[str, str]
+) -> None:
+    """A delivery taken at the door under older rules (here: a line that is not an object)
+    once failed at every lease; now each of its lines is refused with the reason."""
+    settings = IntakeSettings()
+    partner_id = intake_scalar(
+        "SELECT id FROM partners WHERE client_id = :c", c=partner["client_id"]
+    )
+    identity = PartnerIdentity(id=uuid.UUID(str(partner_id)), naam=partner["naam"], soort="Water")
+
+    async def store() -> uuid.UUID:
+        keystore = make_engine(settings.keystore_url, pool_size=1)
+        engine = make_engine(settings.database_url, pool_size=1)
+        try:
+            async with AsyncSession(engine) as session, session.begin():
+                delivery = await deliveries.store_delivery(
+                    session,
+                    make_vault(settings, keystore),
+                    identity,
+                    b'[{"partnerSignaalId": "OUD-1"}, 7]',
+                    "application/json",
+                    2,
+                    utc_now(),
+                )
+                delivery_id = delivery.id
+            return delivery_id
+        finally:
+            await engine.dispose()
+            await keystore.dispose()
+
+    location = f"/api/v1/leveringen/{asyncio.run(store())}"
+    with httpx.Client(base_url=running_stack.url("intake"), timeout=60) as client:
+        headers = bearer(client, partner)
+        status = finished(client, location, headers)
+        lines = every_line(client, location, headers)
+    assert status["aantalGeweigerd"] == 2
+    assert [line["status"] for line in lines] == ["geweigerd", "geweigerd"]
+    assert all("Regel 2 is geen signaal" in line["fouten"][0]["reason"] for line in lines)
