@@ -523,7 +523,9 @@ async def withdraw_signal(
             ),
         )
     # The feed entry is written here, with the change (one transaction): the partner's own
-    # act needs no round trip through feedback (partner-api.md, terugkoppelingen).
+    # act needs no round trip through feedback (partner-api.md, terugkoppelingen). Under
+    # the feed's lock, as every feed insert, so the partners' cursor never skips it.
+    await session.execute(_FEED_LOCK)
     session.add(
         PartnerFeedback(
             event_id=event_id,
