@@ -401,7 +401,7 @@ class DeliveryWorker:
             if isinstance(line, UnreadableDelivery):
                 refused[number] = [{"name": "body", "code": "bestand", "reason": str(line)}]
                 continue
-            earlier = first.get(references[number] or "", (number, line))
+            earlier = first.get(_full_reference(line) or "", (number, line))
             if earlier[0] < number:  # the id stood on an earlier line of this delivery
                 violation = domain.duplicate_line(differing_keys(earlier[1], line), earlier[0])
                 refused[number] = [
@@ -493,10 +493,12 @@ class DeliveryWorker:
 
 def first_lines(lines: list[Any]) -> dict[str, tuple[int, Any]]:
     """For each partnerSignaalId, the first line it stands on (and that line): a later
-    line with the same id is refused, whichever chunk commits first."""
+    line with the same id is refused, whichever chunk commits first. Ids are compared in
+    full; a line without a usable id is no duplicate of anything (validation refuses it
+    for the id itself)."""
     first: dict[str, tuple[int, Any]] = {}
     for number, line in enumerate(lines, start=1):
-        reference = _reference(line)
+        reference = _full_reference(line)
         if reference is not None:
             first.setdefault(reference, (number, line))
     return first
@@ -528,6 +530,17 @@ def _is_data_error(exc: BaseException) -> bool:
             return True
         seen = getattr(seen, "orig", None) or seen.__cause__
     return False
+
+
+def _full_reference(line: Any) -> str | None:
+    """The line's partnerSignaalId in full, if it is a usable one: a non-empty string
+    without NUL or a lone surrogate. Otherwise None (the line is refused for its id)."""
+    reference = line.get("partnerSignaalId") if isinstance(line, dict) else None
+    if not isinstance(reference, str) or not reference.strip():
+        return None
+    if has_invalid_characters(reference):
+        return None
+    return reference
 
 
 def _reference(line: Any) -> str | None:

@@ -346,11 +346,17 @@ def fingerprint(signal_in: SignalIn, signal_id: uuid.UUID, secret: str) -> dict[
 
 def differing_fields(stored: Signal, signal_in: SignalIn, secret: str) -> list[str]:
     """The fields in which a repeated signal differs from the stored one (none for a signal
-    stored before fingerprints were kept: answered as before)."""
+    stored before fingerprints were kept: answered as before). Only fields both
+    fingerprints name are compared: a field SignalIn gained (or lost) since the signal was
+    stored says nothing about a difference, so a resend of an older signal stays a repeat."""
     if not stored.vingerafdruk:
         return []
-    again = fingerprint(signal_in, stored.id, secret)
-    return sorted(name for name, digest in again.items() if stored.vingerafdruk.get(name) != digest)
+    return compare_fingerprints(stored.vingerafdruk, fingerprint(signal_in, stored.id, secret))
+
+
+def compare_fingerprints(stored: dict[str, str], again: dict[str, str]) -> list[str]:
+    """The names in both fingerprints whose digests differ, sorted."""
+    return sorted(name for name in stored.keys() & again.keys() if stored[name] != again[name])
 
 
 _SIGNAL_COLUMNS = {
