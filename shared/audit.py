@@ -62,7 +62,7 @@ ACTION_LENGTH = 100
 OBJECT_LENGTH = 200
 RESULT_LENGTH = 40
 GEMEENTECODE_LENGTH = 6
-REASON_LENGTH = 300
+REASON_LENGTH = 1000  # a caseworker's "why": bounded when recorded, stored as text
 HASH_LENGTH = 64  # hex sha256
 METHOD_LENGTH = 16  # longer than any HTTP method in use
 
@@ -93,7 +93,7 @@ def add_audit_tables(metadata: MetaData) -> AuditTables:
         Column("object", String(OBJECT_LENGTH)),
         Column("gemeentecode", String(GEMEENTECODE_LENGTH)),
         Column("result", String(RESULT_LENGTH), nullable=False),
-        Column("reason", String(REASON_LENGTH)),
+        Column("reason", Text),
         Column("prev_hash", String(HASH_LENGTH), nullable=False),
         Column("hash", String(HASH_LENGTH), nullable=False),
         Index("ix_audit_log_at", "at"),
@@ -273,7 +273,12 @@ async def record(
     reason: str | None = None,
     at: dt.datetime | None = None,
 ) -> None:
-    """Audit an operator's action or read in the same transaction as the action itself."""
+    """Audit an operator's action or read in the same transaction as the action itself.
+
+    The action's own changes are flushed first, so its row locks are taken before the
+    chain's head: the head is then held only from here to the commit (make this the last
+    statement of the transaction), and never while the action waits for another lock."""
+    await session.flush()
     entry = AuditEntry(
         at=at or utc_now(),
         actor=actor,
@@ -293,8 +298,10 @@ def _database_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError):
         if exc.connection_invalidated:
             return True
+        # No SQLSTATE on a live connection is the driver refusing a value (a client-side
+        # DataError or InterfaceError): the record is at fault, not the database.
         sqlstate = sqlstate_of(exc)
-        return sqlstate is None or sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+        return sqlstate is not None and sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
     return False
 
 
@@ -641,7 +648,7 @@ def migration_create_log(op: Any) -> None:
         sa.Column("object", sa.String(length=OBJECT_LENGTH), nullable=True),
         sa.Column("gemeentecode", sa.String(length=GEMEENTECODE_LENGTH), nullable=True),
         sa.Column("result", sa.String(length=RESULT_LENGTH), nullable=False),
-        sa.Column("reason", sa.String(length=REASON_LENGTH), nullable=True),
+        sa.Column("reason", sa.Text(), nullable=True),
         sa.Column("prev_hash", sa.String(length=HASH_LENGTH), nullable=False),
         sa.Column("hash", sa.String(length=HASH_LENGTH), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_log")),

@@ -120,3 +120,32 @@ def test_a_removed_tail_is_caught_by_the_head() -> None:
     rows, head = chain([entry(object=f"o{i}") for i in range(5)])
     broken = verify_rows(rows[:4], head)
     assert broken is not None and broken.record_id == 5
+
+
+class _DriverError(Exception):
+    def __init__(self, sqlstate: str | None) -> None:
+        super().__init__("value quoted here")
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "invalidated", "unavailable"),
+    [
+        ("08006", False, True),  # connection failure
+        ("57P01", False, True),  # admin shutdown
+        ("53300", False, True),  # too many connections
+        (None, True, True),  # the connection was lost
+        (None, False, False),  # the driver refused a value: the record is at fault
+        ("22021", False, False),  # invalid byte sequence: the record is at fault
+        ("23502", False, False),  # not null: the record is at fault
+    ],
+)
+def test_only_an_unavailable_database_fails_the_waiting_calls(
+    sqlstate: str | None, invalidated: bool, unavailable: bool
+) -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    from shared.audit import _database_unavailable
+
+    error = DBAPIError("INSERT", None, _DriverError(sqlstate), connection_invalidated=invalidated)
+    assert _database_unavailable(error) is unavailable

@@ -21,7 +21,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column("audit_log", sa.Column("reason", sa.String(length=audit.REASON_LENGTH)))
+    op.add_column("audit_log", sa.Column("reason", sa.Text()))
     op.create_index(op.f("ix_audit_log_gemeentecode"), "audit_log", ["gemeentecode"], unique=False)
     audit.migration_chain_existing(op)
 

@@ -24,13 +24,7 @@ def upgrade() -> None:
     op.alter_column("audit_log", "action", type_=sa.String(length=audit.ACTION_LENGTH))
     op.alter_column("audit_log", "object", nullable=True)
     op.alter_column("audit_log", "gemeentecode", nullable=True)
-    op.alter_column(
-        "audit_log",
-        "reason",
-        type_=sa.String(length=audit.REASON_LENGTH),
-        nullable=True,
-        postgresql_using=f"left(reason, {audit.REASON_LENGTH})",
-    )
+    op.alter_column("audit_log", "reason", nullable=True)  # kept whole: an audit log is never cut
     op.add_column(
         "audit_log",
         sa.Column(
@@ -50,7 +44,7 @@ def downgrade() -> None:
         "UPDATE audit_log SET reason = coalesce(reason, ''), object = coalesce(object, ''), "
         "gemeentecode = coalesce(gemeentecode, '')"
     )
-    op.alter_column("audit_log", "reason", type_=sa.Text(), nullable=False)
+    op.alter_column("audit_log", "reason", nullable=False)
     op.alter_column("audit_log", "gemeentecode", nullable=False)
     op.alter_column("audit_log", "object", nullable=False)
     op.alter_column(
