@@ -17,6 +17,7 @@ from services.intake.auth import (
     PartnerIdentity,
     client_secret_matches,
     confirm_active,
+    is_client_id,
     issue_token,
 )
 from services.intake.models import Delivery, DeliveryLine, Partner, Signal
@@ -107,23 +108,32 @@ async def token(
 ) -> TokenResponse:
     credentials = _basic_credentials(authorization)
     if credentials is not None:
-        # The audit trail names the client id tried (never the secret), also when refused.
+        # The audit trail names the client id tried (never the secret), also when refused:
+        # printable characters only, at most 64.
         request.state.audit_object = printable(credentials[0])
-    # Per source first, so that guessing many client ids is throttled as well.
+    # Per source first, so that guessing many client ids is throttled as well. Behind a
+    # proxy request.client is the proxy itself: see token_rate_per_source_per_s (settings).
     source = request.client.host if request.client else "onbekend"
     wait = request.app.state.token_source_limiter.allow(source)
-    if wait is None and credentials is not None:
-        wait = request.app.state.token_client_limiter.allow(credentials[0])
     if wait is not None:
         raise too_many_requests(wait, "")
-    if grant_type != "client_credentials":
-        raise Problem(400, "Ongeldig verzoek", "grant_type moet client_credentials zijn.")
     refused = Problem(
         401,
         "Niet geauthenticeerd",
         "Onbekende client of onjuist geheim (HTTP Basic met client_id en client_secret).",
         headers={"WWW-Authenticate": 'Basic realm="vroeg"'},
     )
+    if credentials is not None and not is_client_id(credentials[0]):
+        # Not shaped like our client ids: no bucket of its own (an id of kilobytes would
+        # be one key each) and no lookup, but the same argon2 work as any refusal.
+        await client_secret_matches(None, credentials[1])
+        raise refused
+    if credentials is not None:
+        wait = request.app.state.token_client_limiter.allow(credentials[0])
+        if wait is not None:
+            raise too_many_requests(wait, "")
+    if grant_type != "client_credentials":
+        raise Problem(400, "Ongeldig verzoek", "grant_type moet client_credentials zijn.")
     if credentials is None:
         raise refused
     runtime = request.app.state.runtime

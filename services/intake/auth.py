@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 import secrets
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -41,8 +42,17 @@ _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(32))
 _ARGON2_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="argon2")
 
 
+_CLIENT_ID = re.compile(r"partner-[0-9a-f]{16}")
+
+
 def new_client_credentials() -> tuple[str, str]:
     return f"partner-{secrets.token_hex(8)}", secrets.token_urlsafe(32)
+
+
+def is_client_id(value: str) -> bool:
+    """Shaped like the client ids new_client_credentials gives (24 characters): anything
+    else is no client of ours, refused before it gets a rate-limit bucket or a lookup."""
+    return _CLIENT_ID.fullmatch(value) is not None
 
 
 def hash_secret(secret: str) -> str:

@@ -91,8 +91,16 @@ class IntakeSettings(PersonalDataSettings):
         1.0, description="Token requests per second per client id (per replica) before 429."
     )
     token_burst_per_client: int = Field(20, description="Token requests per client id in a burst.")
+    # The source is request.client: the TCP peer, or the X-Forwarded-For address when the
+    # peer is a proxy uvicorn trusts (environment FORWARDED_ALLOW_IPS, default 127.0.0.1).
+    # Behind a reverse proxy or load balancer on another address, set FORWARDED_ALLOW_IPS
+    # to it, or every partner shares the proxy's one bucket. (There is no
+    # trusted_proxy_hops setting of our own: uvicorn takes the nearest untrusted hop.)
     token_rate_per_source_per_s: float = Field(
-        10.0, description="Token requests per second per source address (per replica) before 429."
+        10.0,
+        description="Token requests per second per source address (per replica) before 429. "
+        "Behind a proxy the source is the forwarded address only if FORWARDED_ALLOW_IPS "
+        "names that proxy; otherwise all requests share the proxy's bucket.",
     )
     token_burst_per_source: int = Field(
         100, description="Token requests per source address in a burst."
