@@ -412,8 +412,16 @@ async def on_signals_withdrawn(
         contexts.setdefault(item.event.signal_id, item.trace_headers)
     if not events:
         return
-    keys = sorted({e.household_key for e in events.values()})
-    # The households first, in key order, as a batch of signals locks them.
+    gemeente_of = {e.household_key: e.gemeentecode for e in events.values()}
+    keys = sorted(gemeente_of)
+    # The households first, added and then locked in key order, as a batch of signals does.
+    # Adding comes first: a batch that is adding a new household right now (its row not yet
+    # committed) makes this insert wait until it commits, so the lock below finds the row
+    # and what follows sees that batch's signals. A lock alone finds no row, locks nothing,
+    # and the batch would commit its signal as counted although it was withdrawn.
+    await session.execute(
+        _ADD_HOUSEHOLDS, {"keys": keys, "gemeenten": [gemeente_of[k] for k in keys]}
+    )
     await session.execute(_LOCK_HOUSEHOLDS, {"keys": keys})
     ids = list(events)
     at = [events[i].ingetrokken_op for i in ids]

@@ -5,15 +5,17 @@ months, and thousands of signals at one address never make an event over the bou
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from decimal import Decimal
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from services.matching.domain import MAX_EVENT_SIGNALS
-from services.matching.handlers import forward_due, on_signals_withdrawn
+from services.matching.handlers import forward_due, on_signals_received, on_signals_withdrawn
 from services.matching.models import messaging
 from services.matching.settings import MatchingSettings
 from shared.events import MatchUpdated, SignalReceived, SignalWithdrawn
@@ -30,6 +32,7 @@ from tests.integration.test_matching_handler import (  # the fixtures and helper
     signal,
     staged,
 )
+from tests.support import apoll
 
 __all__ = ["sessions", "settings"]
 
@@ -102,6 +105,66 @@ async def test_a_withdrawal_that_overtakes_its_signal_still_holds(
     [created] = await staged(sessions)
     assert (created.soort, created.aantal_schuldeisers) == ("enkelvoudig", 1)
     assert [s.signal_id for s in created.signalen] == [rent.signal_id]
+
+
+async def waits_on_a_lock(sessions: async_sessionmaker) -> bool:
+    """Whether a connection to this test's own database waits for a lock right now."""
+    async with sessions() as session:
+        waiting = await session.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        )
+    return bool(waiting)
+
+
+async def is_withdrawn(sessions: async_sessionmaker, of: SignalReceived) -> bool:
+    async with sessions() as session:
+        at = await session.scalar(
+            text("SELECT ingetrokken_op FROM signals WHERE signal_id = :id"), {"id": of.signal_id}
+        )
+    return at is not None
+
+
+@pytest.mark.parametrize("outcome", ["commit", "rollback"])
+async def test_a_withdrawal_while_its_signal_adds_a_new_household_is_not_lost(
+    sessions: async_sessionmaker, settings: MatchingSettings, outcome: str
+) -> None:
+    home = household()  # new: the signal's batch adds its row
+    rent = signal(home, WONEN, T0)
+    batch = sessions()
+    await batch.begin()
+    withdrawing: asyncio.Task[None] | None = None
+    try:
+        # The signal's batch has added the household and matched the signal, uncommitted,
+        # when the withdrawal comes in on another replica.
+        await on_signals_received(
+            batch, [Received(rent, {})], outbox=Outbox(messaging), settings=settings
+        )
+        withdrawing = asyncio.create_task(
+            withdraw(sessions, settings, withdrawal(rent, T0 + dt.timedelta(hours=1)))
+        )
+        await apoll(
+            lambda: withdrawing.done() or waits_on_a_lock(sessions),
+            10,
+            "the withdrawal to finish or to wait for the signal's batch",
+        )
+        await (batch.commit() if outcome == "commit" else batch.rollback())
+        await asyncio.wait_for(withdrawing, 10)
+    finally:
+        if withdrawing is not None and not withdrawing.done():
+            withdrawing.cancel()
+        await batch.close()
+    if outcome == "rollback":  # the batch is redone: the withdrawal it never saw still holds
+        await handle(sessions, settings, rent)
+        assert await staged(sessions) == []
+        return
+    assert await is_withdrawn(sessions, rent)
+    created, after = await staged(sessions)
+    assert after.match_id == created.match_id
+    assert after.ingetrokken == (rent.signal_id,)
+    assert (after.aantal_schuldeisers, after.totaal_achterstand) == (0, Decimal("0.00"))
 
 
 async def test_a_held_match_whose_every_signal_was_withdrawn_is_never_forwarded(
