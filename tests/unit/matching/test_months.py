@@ -1,8 +1,11 @@
 """A case's kind follows from its signals' own months (signaaldatum), not from when they
 arrived (issue 9, item 15): late deliveries make the same cases as timely ones."""
 
+import dataclasses
 import datetime as dt
+import random
 import uuid
+from collections.abc import Iterable
 from decimal import Decimal
 
 from hypothesis import given
@@ -10,6 +13,7 @@ from hypothesis import strategies as st
 
 from services.matching.domain import (
     MAX_EVENT_SIGNALS,
+    MatchState,
     MunicipalityRules,
     SignalFact,
     carried_signals,
@@ -98,15 +102,32 @@ signals = st.lists(
 )
 
 
-def expected_kind(facts: list[SignalFact], window: int) -> str:
-    """The rule written out plainly, from the signals' months only."""
+# one signal per creditor and day: which of a creditor's signals counts follows from the
+# dates alone, not from when each delivery came in
+distinct = st.lists(
+    st.tuples(
+        st.sampled_from([A, B, C]),
+        st.dates(dt.date(2026, 5, 1), dt.date(2026, 11, 19)),
+        st.decimals(Decimal("1.00"), Decimal("5000.00"), places=2),
+    ),
+    min_size=1,
+    max_size=10,
+    unique_by=lambda s: (s[0], s[1]),
+)
+# the months of the household's earlier signals (an earlier, closed match)
+history = st.sets(st.dates(dt.date(2026, 1, 1), dt.date(2026, 11, 19)).map(month_index), max_size=4)
+
+
+def expected_kind(facts: list[SignalFact], window: int, earlier: Iterable[int] = ()) -> str:
+    """The rule written out plainly, from the signals' months (and the household's earlier
+    months) only."""
     by_month: dict[int, set[uuid.UUID]] = {}
     for f in facts:
         by_month.setdefault(month_index(f.signaaldatum), set()).add(f.creditor_id)
     if any(len(creditors) >= 2 for creditors in by_month.values()):
         return "meervoudig"
-    months = sorted(by_month)
-    if any(0 < later - earlier <= window for earlier in months for later in months):
+    every = set(by_month) | set(earlier)
+    if any(0 < later - before <= window for later in by_month for before in every):
         return "opeenvolgend"
     return "enkelvoudig"
 
@@ -127,27 +148,50 @@ def test_a_late_delivery_in_one_go_is_classified_by_the_signals_months(
     assert verdict.totaal_achterstand == sum(s.achterstand_bedrag for s in latest.values())
 
 
-@given(signals, st.integers(1, 27), st.randoms())
-def test_how_late_and_in_what_order_a_delivery_comes_never_changes_the_case(
-    drawn: list[tuple[uuid.UUID, dt.date, Decimal]], late_days: int, rnd
+@given(
+    distinct,
+    history,
+    st.lists(st.integers(1, 27), min_size=1, max_size=4),
+    st.sampled_from([1, 3, 6]),
+    st.randoms(),
+)
+def test_how_late_in_how_many_deliveries_and_in_what_order_signals_come_never_changes_the_case(
+    drawn: list[tuple[uuid.UUID, dt.date, Decimal]],
+    earlier: set[int],
+    late_days: list[int],
+    window: int,
+    rnd: random.Random,
 ) -> None:
+    # A household with a history: an earlier match, closed, and the months of its signals.
+    closed = MatchState(
+        uuid.uuid4(), T0 - dt.timedelta(days=90), T0 - dt.timedelta(days=90), [], 1, True
+    )
+    rules = MunicipalityRules(opeenvolgend_maanden=window)
     on_time = [SignalFact(uuid.uuid4(), c, d, a, T0) for c, d, a in drawn]
-    late = [
-        SignalFact(
-            f.signal_id,
-            f.creditor_id,
-            f.signaaldatum,
-            f.achterstand_bedrag,
-            T0 + dt.timedelta(days=late_days),
-        )
-        for f in on_time
-    ]
-    rnd.shuffle(late)
-    rules = MunicipalityRules()
-    [(_, first)] = match_household("h", [], [], on_time, rules).matches
-    [(_, second)] = match_household("h", [], [], late, rules).matches
-    assert (first.soort, first.aantal_schuldeisers, first.totaal_achterstand) == (
-        second.soort,
-        second.aantal_schuldeisers,
-        second.totaal_achterstand,
+    [(_, first)] = match_household("h", [closed], earlier, on_time, rules).matches
+    # The same signals in separate deliveries, each some days late, in any order: they
+    # make one match (within four weeks of each other), handled delivery by delivery.
+    shuffled = list(on_time)
+    rnd.shuffle(shuffled)
+    deliveries: list[list[SignalFact]] = [[] for _ in late_days]
+    for signal in shuffled:
+        deliveries[rnd.randrange(len(late_days))].append(signal)
+    recent, months = [closed], list(earlier)
+    match_ids: set[uuid.UUID] = set()
+    last = first
+    for days, delivery in zip(late_days, deliveries, strict=True):
+        if not delivery:
+            continue
+        received = T0 + dt.timedelta(days=days)
+        late = [dataclasses.replace(s, ontvangen_op=received) for s in delivery]
+        result = match_household("h", recent, months, late, rules)
+        [(match, last)] = result.matches
+        match_ids |= set(result.assignments.values())
+        recent = [m for m in recent if m.id != match.id] + [match]
+        months = result.months
+    assert len(match_ids) == 1
+    assert first.soort == last.soort == expected_kind(on_time, window, earlier)
+    assert (first.aantal_schuldeisers, first.totaal_achterstand) == (
+        last.aantal_schuldeisers,
+        last.totaal_achterstand,
     )
