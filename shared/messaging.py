@@ -11,12 +11,22 @@ lane, in one database transaction:
 - then the transaction commits and only then is the Kafka offset committed.
 An infrastructure error rolls the lane back, seeks every partition of the batch back to
 its first record and retries with backoff. Errors are classified (`error_kind`):
-- unreachable (database or broker down, too many connections): waited for, however
-  long; the message is not at fault, so it is never dead-lettered for it;
+- unreachable (a connection-level error: the database or broker down or unknown, too many
+  connections, a system or disk error (SQLSTATE class 58), a table that is not there yet
+  (42P01: deployed before its migration)): waited for, however long; the message is not at
+  fault, so it is never dead-lettered for it;
 - transient (deadlock, serialization failure, statement or lock timeout, a broken
-  operation on a live connection): retried, but after `consumer_max_transient_retries`
-  failed batches in a row the batch is taken record by record and a record that keeps
-  failing is dead-lettered with the reason, so no record loops for ever;
+  operation on a live connection, any other OSError, TimeoutError or Kafka error): retried;
+  after `consumer_max_transient_retries` failed batches in a row the batch is taken record
+  by record (isolated). An isolated record whose handler still fails on a transient error
+  rolls its lane back and the batch is retried with backoff, until the record has kept
+  failing so, isolated, for the transient budget (`BatchConsumer.transient_budget_s`, the
+  setting `consumer_transient_budget_s` where the settings define it, by default 300 s);
+  only then its attempts count, with a pause between them, and a record that still fails
+  is dead-lettered with the reason. So a record waiting on a lock held for minutes (an
+  operator's command) is processed once the lock is released, while a record that causes
+  a timeout itself does not loop for ever. A transient error outside the handler (the inbox,
+  the dead-letter staging) never dead-letters: the batch is retried;
 - poison (everything else, such as a value the database refuses): the handler's
   savepoint is retried `consumer_max_attempts` times, then dead-lettered.
 A record whose event type does not belong to its topic is dead-lettered at once.
@@ -27,6 +37,9 @@ the inbox marks a dead-lettered event, which `vroeg deadletter replay` clears (A
 from __future__ import annotations
 
 import asyncio
+import errno
+import socket
+import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -35,7 +48,14 @@ from typing import Any, Literal, Protocol
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    NoBrokersAvailable,
+    NodeNotReadyError,
+    RequestTimedOutError,
+)
 from aiokafka.helpers import create_ssl_context
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
@@ -90,14 +110,37 @@ ErrorKind = Literal["unreachable", "transient", "poison"]
 
 # SQLSTATEs (PostgreSQL manual, appendix A "Error Codes") that say the database cannot be
 # reached or cannot take work now: class 08 connection exception, class 53 insufficient
-# resources (too many connections, disk full), 57P01-57P03 shutdown / cannot connect now.
-_UNREACHABLE_SQLSTATE_CLASSES = ("08", "53")
-_UNREACHABLE_SQLSTATES = ("57P01", "57P02", "57P03")
+# resources (too many connections, disk full), class 58 system error (disk I/O),
+# 57P01-57P03 shutdown / cannot connect now, 42P01 undefined table (the service was
+# deployed before its migration ran: every record would fail alike).
+_UNREACHABLE_SQLSTATE_CLASSES = ("08", "53", "58")
+_UNREACHABLE_SQLSTATES = ("57P01", "57P02", "57P03", "42P01")
 # SQLSTATEs that may pass on a retry but may as well be caused by the record itself: class
 # 40 transaction rollback (serialization failure, deadlock), class 57 operator intervention
 # (57014 statement timeout), 55P03 lock not available (lock timeout).
 _TRANSIENT_SQLSTATE_CLASSES = ("40", "57")
 _TRANSIENT_SQLSTATES = ("55P03",)
+# Connection-level errors below the database's SQLSTATEs: the server or broker cannot be
+# reached at all. Any other OSError or TimeoutError may be the record's doing: transient.
+_UNREACHABLE_ERRNOS = frozenset(
+    {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTDOWN, errno.ETIMEDOUT}
+)
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    ConnectionError,  # refused, reset, aborted, broken pipe
+    socket.gaierror,  # the host name does not resolve
+    asyncpg.PostgresConnectionError,  # class 08, connection does not exist
+    KafkaConnectionError,
+    NoBrokersAvailable,
+    NodeNotReadyError,
+    RequestTimedOutError,
+    KafkaTimeoutError,
+)
+# How long an isolated record may keep failing on a transient error before its attempts
+# count towards the dead-letter topic (the setting `consumer_transient_budget_s`, if any).
+TRANSIENT_BUDGET_S = 300.0
+# Records tracked for that budget at most (oldest forgotten first: a record whose partition
+# moved to another replica is never seen again here).
+_TRACKED_RECORDS = 10_000
 # Records of the dead-letter topic are keyed like the record they carry, cut to the
 # outbox's key column (shared.outbox: String(128)).
 _OUTBOX_KEY_LENGTH = 128
@@ -178,28 +221,49 @@ def _driver_error(exc: BaseException) -> BaseException | None:
     return getattr(orig, "__cause__", None) or orig
 
 
+def _connection_lost(exc: BaseException | None) -> bool:
+    """A connection-level error: the database or broker cannot be reached."""
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _UNREACHABLE_ERRNOS
+
+
+def _sqlstate_kind(sqlstate: str) -> ErrorKind | None:
+    if sqlstate[:2] in _UNREACHABLE_SQLSTATE_CLASSES or sqlstate in _UNREACHABLE_SQLSTATES:
+        return "unreachable"
+    if sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES or sqlstate in _TRANSIENT_SQLSTATES:
+        return "transient"
+    return None
+
+
 def error_kind(exc: BaseException) -> ErrorKind:
     """Whether an error is the infrastructure's (wait: `unreachable`; retry a bounded number
     of times: `transient`) or the record's (`poison`)."""
     if isinstance(exc, DBAPIError):
         if exc.connection_invalidated:
             return "unreachable"
-        if isinstance(_driver_error(exc), asyncpg.DataError | ValueError):
+        driver = _driver_error(exc)
+        if isinstance(driver, asyncpg.DataError | ValueError):
             # The driver refused a value (asyncpg: DataError, some of them an InterfaceError
             # and a ValueError at once): the record is at fault, however often retried.
             return "poison"
         sqlstate = sqlstate_of(exc)
         if sqlstate is not None:
-            if sqlstate[:2] in _UNREACHABLE_SQLSTATE_CLASSES or sqlstate in _UNREACHABLE_SQLSTATES:
-                return "unreachable"
-            if sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES or sqlstate in _TRANSIENT_SQLSTATES:
-                return "transient"
+            kind = _sqlstate_kind(sqlstate)
+            if kind is not None:
+                return kind
             return "transient" if isinstance(exc, OperationalError) else "poison"
-        if isinstance(exc, OperationalError):
+        if _connection_lost(driver):
             return "unreachable"  # no SQLSTATE: the driver could not talk to the server
-        return "transient" if isinstance(exc, InterfaceError) else "poison"
-    if isinstance(exc, OSError | TimeoutError | KafkaError | PoolTimeoutError):
+        return "transient" if isinstance(exc, OperationalError | InterfaceError) else "poison"
+    if isinstance(exc, asyncpg.PostgresError):  # raised by the driver itself (connecting)
+        return _sqlstate_kind(exc.sqlstate or "") or "poison"
+    if isinstance(exc, asyncpg.InterfaceError):
+        return "poison" if isinstance(exc, ValueError) else "transient"
+    if _connection_lost(exc) or isinstance(exc, PoolTimeoutError):
         return "unreachable"
+    if isinstance(exc, OSError | TimeoutError | KafkaError):
+        return "transient"  # bounded: it may be the record's doing
     return "poison"
 
 
@@ -330,6 +394,7 @@ class BatchConsumer:
         session_factory: async_sessionmaker,
         outbox: Outbox,
         tables: MessagingTables,
+        transient_budget_s: float | None = None,
     ) -> None:
         self.settings = settings
         self.topics = {s.topic.name: s.topic for s in subscriptions}
@@ -344,6 +409,14 @@ class BatchConsumer:
         self._backoff_s = settings.consumer_retry_backoff_s
         # Batches in a row that failed on other than an unreachable database or broker.
         self._failed_batches = 0
+        # How long an isolated record may keep failing on transient errors before its
+        # attempts count (module docstring); per event id, since when it has been failing.
+        self.transient_budget_s: float = (
+            transient_budget_s
+            if transient_budget_s is not None
+            else float(getattr(settings, "consumer_transient_budget_s", TRANSIENT_BUDGET_S))
+        )
+        self._failing_since: dict[Any, float] = {}
 
     def register(self, broker: KafkaBroker) -> None:
         async def on_batch(body: Any, msg: KafkaMessage) -> None:
@@ -376,7 +449,8 @@ class BatchConsumer:
         raw = msg.raw_message
         records = raw if isinstance(raw, tuple | list) else (raw,)
         # After too many failed batches in a row, record by record: a transient error that
-        # keeps coming back on one record then counts towards that record's attempts.
+        # keeps coming back on one isolated record for the transient budget then counts
+        # towards that record's attempts.
         strict = self._failed_batches >= self.settings.consumer_max_transient_retries
         with metrics.BATCH_SECONDS.labels(group=self.group_id).time():
             outcomes: list[tuple[str, str]] = []
@@ -550,6 +624,7 @@ class BatchConsumer:
                 error = await self._handle_with_retries(
                     session, self.handlers[topic], event, max(attempts, 1), strict=strict
                 )
+                self._failing_since.pop(event.event_id, None)  # processed or dead-lettered
                 if error is None:
                     outcomes.append((topic, "processed"))
                     return
@@ -571,8 +646,14 @@ class BatchConsumer:
         *,
         strict: bool = False,
     ) -> Exception | None:
+        """The handler in a savepoint, up to `attempts` times; the last error if every
+        attempt failed. A transient error is raised (the lane is retried) unless `strict`
+        and the isolated record has kept failing for the transient budget; then the
+        attempts count, with a pause after each transient failure."""
         error: Exception | None = None
-        for _attempt in range(attempts):
+        for attempt in range(attempts):
+            if error is not None and error_kind(error) == "transient":
+                await asyncio.sleep(self._pause(attempt))  # retry delay, not synchronisation
             try:
                 async with session.begin_nested():
                     await handle(session, event)
@@ -583,8 +664,24 @@ class BatchConsumer:
                     raise
                 if isinstance(exc, Rejected):
                     return exc
+                if kind == "transient" and not self._budget_spent(event.event_id):
+                    raise  # not yet: the lane rolls back and the batch waits its backoff
                 error = exc
         return error
+
+    def _pause(self, attempt: int) -> float:
+        """The wait before an isolated record's next attempt after a transient error."""
+        pause = self.settings.consumer_retry_backoff_s * 2 ** (attempt - 1)
+        return float(min(pause, self.settings.consumer_retry_backoff_max_s))
+
+    def _budget_spent(self, event_id: Any) -> bool:
+        """Whether an isolated record has been failing on transient errors for the whole
+        transient budget; its first such failure starts the clock."""
+        now = time.monotonic()
+        since = self._failing_since.setdefault(event_id, now)
+        while len(self._failing_since) > _TRACKED_RECORDS:
+            del self._failing_since[next(iter(self._failing_since))]
+        return now - since >= self.transient_budget_s
 
     async def _dead_letter(
         self,

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from types import SimpleNamespace
@@ -327,19 +329,23 @@ async def test_a_failed_batch_on_several_partitions_is_rewound_on_every_partitio
     assert {e.event_id for e in events} <= set(calls)
 
 
-async def test_a_statement_timeout_on_one_record_is_retried_a_bounded_number_of_times(
+async def test_a_statement_timeout_on_one_record_is_dead_lettered_after_the_transient_budget(
     infra: Infra,
 ) -> None:
     bad, good = due_event(), due_event()
     attempts: list[uuid.UUID] = []
+    tried_at: list[float] = []  # when each attempt at the bad record started
 
     async def handle(session: Any, event: OutreachDue) -> None:
         attempts.append(event.event_id)
         if event.event_id == bad.event_id:  # this record's work always takes too long
+            tried_at.append(time.monotonic())
             await session.execute(text("SET LOCAL statement_timeout = '20ms'"))
             await session.execute(text("SELECT pg_sleep(2)"))
 
-    async with Harness(infra, handle, consumer_max_transient_retries=2) as harness:
+    harness = Harness(infra, handle, consumer_max_transient_retries=2)
+    harness.consumer.transient_budget_s = 0.5
+    async with harness:
         await harness.publish(encode_event(bad), key=bad.household_key.encode())
         await harness.publish(encode_event(good), key=good.household_key.encode())
         [(_record, headers)] = await harness.dead_letters(expected=1)
@@ -347,8 +353,63 @@ async def test_a_statement_timeout_on_one_record_is_retried_a_bounded_number_of_
         assert await harness.inbox_outcome(good.event_id) == "processed"
     assert headers["dlq.reason"].startswith("handler error: DBAPIError (SQLSTATE 57014)")
     assert headers["dlq.event_id"] == str(bad.event_id)
-    # two failed batches, then record by record: consumer_max_attempts in savepoints
-    assert attempts.count(bad.event_id) == 2 + harness.settings.consumer_max_attempts
+    max_attempts = harness.settings.consumer_max_attempts
+    # two failed batches, then isolated: failing for the budget before the attempts count
+    assert len(tried_at) > 2 + max_attempts, "the budget cut short"
+    isolated_for = tried_at[-1] - tried_at[2]
+    assert isolated_for >= harness.consumer.transient_budget_s, isolated_for
+    # the counted attempts, in savepoints, each after a pause (backoff 0.05 s, doubling)
+    last = tried_at[-max_attempts:]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(last)]
+    assert all(gap >= 0.05 for gap in gaps), f"attempts back to back: {gaps}"
+
+
+async def test_a_record_blocked_by_a_lock_for_a_while_is_processed_not_dead_lettered(
+    infra: Infra,
+) -> None:
+    """An operator's command holds a row lock longer than the consumer's bounded batch
+    retries: the record waits and is processed once the lock is released."""
+    event = due_event()
+    probe = f"lock_probe_{uuid.uuid4().hex[:10]}"
+    attempts: list[uuid.UUID] = []
+
+    async def handle(session: Any, incoming: OutreachDue) -> None:
+        attempts.append(incoming.event_id)
+        await session.execute(text("SET LOCAL lock_timeout = '50ms'"))
+        await session.execute(text(f"UPDATE {probe} SET n = n + 1"))
+
+    harness = Harness(infra, handle, consumer_max_transient_retries=2)
+    strict_after = harness.settings.consumer_max_transient_retries
+    async with harness.engine.begin() as conn:
+        await conn.execute(text(f"CREATE TABLE {probe} (n integer NOT NULL)"))
+        await conn.execute(text(f"INSERT INTO {probe} VALUES (0)"))
+    operator = await harness.engine.connect()
+    try:
+        held = await operator.begin()
+        await operator.execute(text(f"SELECT n FROM {probe} FOR UPDATE"))
+        async with harness:
+            await harness.publish(encode_event(event), key=event.household_key.encode())
+
+            async def isolated_and_failing() -> bool:
+                # isolated (record by record) and failed there three times, or given up
+                if await harness.inbox_outcome(event.event_id) == "deadlettered":
+                    return True
+                return harness.consumer._failed_batches >= strict_after + 3
+
+            await apoll(isolated_and_failing, 30, "the record failing while isolated")
+            await held.rollback()  # the operator is done: the lock is released
+
+            async def settled() -> str | None:
+                return await harness.inbox_outcome(event.event_id)
+
+            outcome = await apoll(settled, 60, "the record processed")
+        assert outcome == "processed", "a healthy record dead-lettered for a lock"
+        assert len(attempts) > strict_after + 3
+    finally:
+        await operator.close()
+        async with harness.engine.begin() as conn:
+            await conn.execute(text(f"DROP TABLE IF EXISTS {probe}"))
+        await harness.engine.dispose()
 
 
 async def test_an_event_of_a_foreign_type_is_dead_lettered_with_the_reason(infra: Infra) -> None:

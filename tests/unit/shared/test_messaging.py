@@ -1,18 +1,39 @@
 import base64
+import contextlib
+import errno
+import socket
+import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Any
 
 import asyncpg
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+    UnknownTopicOrPartitionError,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import (
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    ProgrammingError,
+)
 
 from services.intake.settings import IntakeSettings
+from shared import messaging
 from shared.events import decode_event
 from shared.messaging import (
+    BatchConsumer,
     Rejected,
     error_kind,
     failure_reason,
@@ -57,7 +78,6 @@ def test_errors_are_classified_unreachable_transient_or_poison() -> None:
     assert error_kind(OperationalError("SELECT 1", {}, _Orig("08006"))) == "unreachable"
     assert error_kind(DBAPIError("x", {}, _Orig("53300"))) == "unreachable"  # too many conns
     assert error_kind(DBAPIError("x", {}, _Orig("57P01"))) == "unreachable"  # admin shutdown
-    assert error_kind(OperationalError("SELECT 1", {}, _Orig())) == "unreachable"
     invalidated = InterfaceError("x", {}, _Orig(), connection_invalidated=True)
     assert error_kind(invalidated) == "unreachable"
     # Retried, but bounded: the record itself may be the cause.
@@ -65,10 +85,68 @@ def test_errors_are_classified_unreachable_transient_or_poison() -> None:
     assert error_kind(DBAPIError("x", {}, _Orig("55P03"))) == "transient"  # lock timeout
     assert error_kind(DBAPIError("x", {}, _Orig("40P01"))) == "transient"  # deadlock
     assert error_kind(InterfaceError("x", {}, _Orig())) == "transient"
+    assert error_kind(OperationalError("SELECT 1", {}, _Orig())) == "transient"
     # The record's fault at once.
     assert error_kind(_asyncpg_data_error()) == "poison"
     assert error_kind(DBAPIError("x", {}, _Orig("22P02"))) == "poison"
     assert error_kind(IntegrityError("x", {}, _Orig("23505"))) == "poison"
+
+
+def test_a_system_error_or_a_missing_table_is_waited_for_not_dead_lettered() -> None:
+    assert error_kind(DBAPIError("x", {}, _Orig("58030"))) == "unreachable"  # I/O error
+    assert error_kind(OperationalError("x", {}, _Orig("58000"))) == "unreachable"
+    # deployed before its migration: every record would fail alike
+    assert error_kind(ProgrammingError("SELECT", {}, _Orig("42P01"))) == "unreachable"
+    assert error_kind(ProgrammingError("SELECT", {}, _Orig("42703"))) == "poison"
+
+
+def _wrapped(cause: BaseException) -> OperationalError:
+    """What SQLAlchemy raises over a driver error without a SQLSTATE."""
+    orig = _Orig()
+    orig.__cause__ = cause
+    return OperationalError("SELECT 1", {}, orig)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ConnectionRefusedError(),
+        ConnectionResetError(),
+        BrokenPipeError(),
+        socket.gaierror(socket.EAI_NONAME, "unknown host"),
+        OSError(errno.EHOSTUNREACH, "no route to host"),
+        OSError(errno.ENETUNREACH, "network unreachable"),
+        KafkaConnectionError(),
+        RequestTimedOutError(),
+        NodeNotReadyError(),
+        asyncpg.ConnectionDoesNotExistError("connection was closed"),
+        asyncpg.CannotConnectNowError("starting up"),
+        asyncpg.TooManyConnectionsError("too many"),
+        OperationalError("SELECT 1", {}, _Orig(), connection_invalidated=True),
+        _wrapped(ConnectionResetError()),
+    ],
+    ids=type,
+)
+def test_connection_level_errors_are_unreachable(exc: BaseException) -> None:
+    assert error_kind(exc) == "unreachable"
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        OSError(errno.ENOENT, "no such file"),
+        OSError("anything else"),
+        PermissionError(),
+        TimeoutError(),
+        KafkaError(),
+        UnknownTopicOrPartitionError(),
+        asyncpg.InterfaceError("another operation is in progress"),
+        _wrapped(RuntimeError()),
+    ],
+    ids=type,
+)
+def test_other_os_timeout_and_kafka_errors_are_transient_so_bounded(exc: BaseException) -> None:
+    assert error_kind(exc) == "transient"
 
 
 def test_a_transient_error_that_kept_coming_back_is_named_in_the_reason() -> None:
@@ -187,3 +265,85 @@ def test_many_households_spread_over_every_lane() -> None:
     assert len(parts) == 3
     assert min(len(part) for part in parts) >= 60, [len(part) for part in parts]
     assert lanes_of(records, 3) == parts, "the same batch splits the same way"
+
+
+class _Session:
+    """Just the savepoints of a session."""
+
+    @contextlib.asynccontextmanager
+    async def begin_nested(self) -> AsyncIterator[None]:
+        yield
+
+
+def _consumer(budget_s: float) -> BatchConsumer:
+    settings = ServiceSettings(_env_file=None, consumer_retry_backoff_s=0.25)
+    return BatchConsumer(
+        settings=settings,
+        subscriptions=[],
+        session_factory=None,  # type: ignore[arg-type]
+        outbox=None,  # type: ignore[arg-type]
+        tables=None,  # type: ignore[arg-type]
+        transient_budget_s=budget_s,
+    )
+
+
+async def test_an_isolated_record_is_dead_lettered_for_a_lock_only_after_the_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pauses: list[float] = []
+
+    async def pause(seconds: float) -> None:  # record the back-off instead of waiting
+        pauses.append(seconds)
+
+    monkeypatch.setattr(messaging.asyncio, "sleep", pause)
+    clock = [1000.0]
+    monkeypatch.setattr(messaging.time, "monotonic", lambda: clock[0])
+    calls: list[int] = []
+
+    async def locked(session: Any, event: Any) -> None:
+        calls.append(1)
+        raise DBAPIError("UPDATE", {}, _Orig("55P03"))  # lock not available
+
+    consumer = _consumer(budget_s=300)
+    event = SimpleNamespace(event_id=uuid.uuid4())
+    session: Any = _Session()
+    for elapsed in (0.0, 60.0, 299.0):  # within the budget: the lane is retried later
+        clock[0] = 1000.0 + elapsed
+        with pytest.raises(DBAPIError):
+            await consumer._handle_with_retries(session, locked, event, 3, strict=True)
+    assert len(calls) == 3 and pauses == []
+    clock[0] = 1000.0 + 300.0  # failing isolated for the whole budget: attempts count now
+    error = await consumer._handle_with_retries(session, locked, event, 3, strict=True)
+    assert isinstance(error, DBAPIError)
+    assert len(calls) == 6
+    assert pauses == [0.25, 0.5], "a pause between the attempts"
+
+
+async def test_a_poison_record_is_not_delayed_by_the_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pauses: list[float] = []
+
+    async def pause(seconds: float) -> None:
+        pauses.append(seconds)
+
+    monkeypatch.setattr(messaging.asyncio, "sleep", pause)
+
+    async def refused(session: Any, event: Any) -> None:
+        raise IntegrityError("INSERT", {}, _Orig("23505"))
+
+    consumer = _consumer(budget_s=300)
+    event = SimpleNamespace(event_id=uuid.uuid4())
+    error = await consumer._handle_with_retries(_Session(), refused, event, 3, strict=True)  # type: ignore[arg-type]
+    assert isinstance(error, IntegrityError) and pauses == []
+
+
+def test_the_transient_budget_defaults_to_five_minutes() -> None:
+    consumer = BatchConsumer(
+        settings=ServiceSettings(_env_file=None),
+        subscriptions=[],
+        session_factory=None,  # type: ignore[arg-type]
+        outbox=None,  # type: ignore[arg-type]
+        tables=None,  # type: ignore[arg-type]
+    )
+    assert consumer.transient_budget_s == 300.0
