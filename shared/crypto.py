@@ -8,17 +8,21 @@ every copy unreadable at once, the Kafka log included (ADR 0004).
 
 Sealed text: ``v1.`` + base64url(subject id (16) | key id (8) | nonce (12) | AES-256-GCM
 ciphertext), with subject, key id and a context label bound as associated data, so a
-ciphertext cannot be moved to another person or another field unnoticed. A person whose
-key was destroyed and who later has new data gets a new key with a new key id, so what
-was sealed before stays unreadable and says so (KeyDestroyed).
+ciphertext cannot be moved to another person or another field unnoticed.
 
-A destroyed key is refused by every process from the moment of destruction (ADR 0013):
-destruction stays recorded (a destroyed subject is never re-keyed, so sealing for it is
-refused too), and each destruction is announced with PostgreSQL NOTIFY in its own
-transaction. Every Vault listens on a connection of its own and evicts the named keys
-from its cache; a cached key is used only while that listener has proven healthy within
-`key_cache_listener_stale_s`, so a missed notification (a broken connection) never
-leaves a destroyed key usable: the Vault then reads the key store before every use.
+A destroyed key stays destroyed, and every process refuses it from the moment of
+destruction (ADR 0013). Each destruction is recorded for good in the key store
+(`person_key_destructions`: subject, key id, time; rows are only ever added), and is
+announced with PostgreSQL NOTIFY in its own transaction. A person whose key was destroyed
+and who later has new data (a new signal: each one needs an answer) gets a new key under
+a new key id, so what was sealed before stays unreadable and says so (KeyDestroyed): only
+the current key id of a subject ever opens anything. Sealing always takes the subject's
+current key from the key store, never from a cache, so nothing new is sealed under a
+destroyed key. Every Vault listens on a connection of its own and evicts the named keys
+from its cache; a cached key is used (to open) only while that listener has proven
+healthy within `key_cache_listener_stale_s`, so a missed notification (a broken or
+stalled connection) never leaves a destroyed key usable: the Vault then reads the key
+store before every use.
 """
 
 from __future__ import annotations
@@ -40,7 +44,17 @@ import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import Field, SecretStr, model_validator
-from sqlalchemy import Column, DateTime, LargeBinary, MetaData, Table, func, select, text
+from sqlalchemy import (
+    Column,
+    DateTime,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    func,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -61,24 +75,49 @@ person_keys = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("destroyed_at", DateTime(timezone=True), nullable=True),
 )
+# Every destruction, for good: a row is only ever added (a re-keyed person's earlier
+# destructions stay), so what was destroyed and when stays on record.
+person_key_destructions = Table(
+    "person_key_destructions",
+    metadata,
+    Column("subject_id", PgUUID(as_uuid=True), nullable=False),
+    Column("key_id", LargeBinary(8), nullable=False),
+    Column("destroyed_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("subject_id", "key_id"),
+)
 
 
 # One statement for any number of subjects (column arrays joined with unnest). A live key
-# is kept; a destroyed one is never revived and its destruction never undone: the row
-# comes back with no key (and its destroyed_at untouched), and sealing for it is refused.
+# is kept (every row comes back, so the no-op update); a destroyed one is never revived:
+# the subject gets the new key under its new key id instead, and the destroyed key id
+# stays recorded in person_key_destructions. Concurrent callers agree on one key: the
+# row lock makes the later one see the key the first one stored.
+_FIRST_IF_DESTROYED = "CASE WHEN person_keys.wrapped_key IS NULL THEN {new} ELSE {old} END"
 _UPSERT_KEYS = text(
     "INSERT INTO person_keys (subject_id, key_id, wrapped_key) "
     "SELECT * FROM unnest(CAST(:subjects AS uuid[]), CAST(:key_ids AS bytea[]), "
     "CAST(:wrapped AS bytea[])) "
-    "ON CONFLICT (subject_id) DO UPDATE SET key_id = person_keys.key_id "
-    "RETURNING subject_id, key_id, wrapped_key"
+    "ON CONFLICT (subject_id) DO UPDATE SET "
+    "key_id = "
+    + _FIRST_IF_DESTROYED.format(new="excluded.key_id", old="person_keys.key_id")
+    + ", wrapped_key = COALESCE(person_keys.wrapped_key, excluded.wrapped_key)"
+    ", created_at = "
+    + _FIRST_IF_DESTROYED.format(new="now()", old="person_keys.created_at")
+    + ", destroyed_at = "
+    + _FIRST_IF_DESTROYED.format(new="NULL", old="person_keys.destroyed_at")
+    + " RETURNING subject_id, key_id, wrapped_key"
 )
 
-# Destruction and its announcement in one transaction: listeners hear of it on commit.
+# Destruction, its record and its announcement in one transaction: listeners hear of it
+# on commit. The tombstone row is only ever inserted, never updated nor deleted.
 DESTROYED_CHANNEL = "person_keys_destroyed"
 _DESTROY_KEYS = text(
+    "WITH gone AS ("
     "UPDATE person_keys SET wrapped_key = NULL, destroyed_at = :now "
     "WHERE subject_id = ANY(CAST(:subjects AS uuid[])) AND wrapped_key IS NOT NULL "
+    "RETURNING subject_id, key_id, destroyed_at) "
+    "INSERT INTO person_key_destructions (subject_id, key_id, destroyed_at) "
+    "SELECT subject_id, key_id, destroyed_at FROM gone "
     "RETURNING subject_id"
 )
 _NOTIFY = text("SELECT pg_notify(:channel, :payload)")
@@ -89,8 +128,8 @@ log = structlog.get_logger(__name__)
 
 
 class KeyDestroyed(Exception):
-    """The person's data key was destroyed: the data is gone for good. `subjects` names
-    every destroyed subject the call met, so a batch can set exactly those aside."""
+    """The data was sealed under a key that is destroyed (or no longer the person's key):
+    it is gone for good. `subjects` names the subjects of that data."""
 
     def __init__(self, subjects: Iterable[uuid.UUID]) -> None:
         self.subjects = frozenset(subjects)
@@ -159,6 +198,11 @@ def _parts(sealed: str) -> tuple[uuid.UUID, bytes, bytes, bytes]:
 
 def subject_of(sealed: str) -> uuid.UUID:
     return _parts(sealed)[0]
+
+
+def key_id_of(sealed: str) -> bytes:
+    """The id of the data key the text was sealed under."""
+    return _parts(sealed)[1]
 
 
 def open_with(data_key: DataKey, sealed: str, context: str) -> bytes:
@@ -289,7 +333,7 @@ class Vault:
                 self._forget_all()
                 while not conn.is_closed():
                     started = time.monotonic()
-                    await conn.fetchval("SELECT 1", timeout=self._listener_stale_s)
+                    await self._prove_healthy(conn)
                     # Notifications committed before `started` arrived before this answer.
                     self._healthy_until = started + self._listener_stale_s
                     await asyncio.sleep(self._listener_interval_s)
@@ -304,6 +348,11 @@ class Vault:
                     with contextlib.suppress(Exception):
                         await conn.close(timeout=1)
             await asyncio.sleep(self._listener_interval_s)
+
+    async def _prove_healthy(self, conn: asyncpg.Connection) -> None:
+        """One round trip on the listener connection. While it hangs, the cache goes
+        stale on its own (`listening` turns false), whatever the timeout does."""
+        await conn.fetchval("SELECT 1", timeout=self._listener_stale_s)
 
     def _on_destroyed(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         self._evictions += 1
@@ -347,36 +396,35 @@ class Vault:
     # -- sealing, opening, destroying --------------------------------------------------
 
     async def data_keys(self, subjects: Iterable[uuid.UUID]) -> dict[uuid.UUID, DataKey]:
-        """Each subject's data key, created where a subject has none yet; KeyDestroyed
-        where a subject's key was destroyed (it is never re-created)."""
+        """Each subject's current data key, in one key-store round trip: created where a
+        subject has no live key (a new subject, or one whose key was destroyed: a new key
+        under a new key id; the destroyed one stays destroyed). Never taken from the
+        cache, so a key destroyed a moment ago is never used to seal new data."""
         self._ensure_listener()
-        wanted = set(subjects)
-        keys = {s: k for s in wanted if (k := self._cached(s)) is not None}
-        missing = sorted(wanted - set(keys))
-        if missing:
-            evictions_before = self._evictions
-            key_ids = [os.urandom(_KEY_ID) for _ in missing]
-            wrapped_keys = [self._wrap(s, AESGCM.generate_key(256)) for s in missing]
-            # One statement needs no transaction around it: autocommit saves two round trips.
-            async with self._engine.connect() as raw:
-                conn = await raw.execution_options(isolation_level="AUTOCOMMIT")
-                rows = (
-                    await conn.execute(
-                        _UPSERT_KEYS,
-                        {"subjects": missing, "key_ids": key_ids, "wrapped": wrapped_keys},
-                    )
-                ).all()
-            destroyed = sorted(subject for subject, _, wrapped in rows if wrapped is None)
-            if destroyed:
-                raise KeyDestroyed(destroyed)
-            for subject, key_id, wrapped in rows:
-                keys[subject] = DataKey(key_id, self._unwrap(subject, wrapped))
-                self._remember(subject, keys[subject], evictions_before)
+        wanted = sorted(set(subjects))
+        if not wanted:
+            return {}
+        evictions_before = self._evictions
+        key_ids = [os.urandom(_KEY_ID) for _ in wanted]
+        wrapped_keys = [self._wrap(s, AESGCM.generate_key(256)) for s in wanted]
+        # One statement needs no transaction around it: autocommit saves two round trips.
+        async with self._engine.connect() as raw:
+            conn = await raw.execution_options(isolation_level="AUTOCOMMIT")
+            rows = (
+                await conn.execute(
+                    _UPSERT_KEYS,
+                    {"subjects": wanted, "key_ids": key_ids, "wrapped": wrapped_keys},
+                )
+            ).all()
+        keys: dict[uuid.UUID, DataKey] = {}
+        for subject, key_id, wrapped in rows:
+            keys[subject] = DataKey(key_id, self._unwrap(subject, wrapped))
+            self._remember(subject, keys[subject], evictions_before)
         return keys
 
     async def seal_many(self, items: Sequence[tuple[uuid.UUID, bytes]], context: str) -> list[str]:
-        """Seal (subject, plaintext) pairs in one key-store round trip at most; KeyDestroyed
-        (nothing sealed) if any subject's key was destroyed."""
+        """Seal (subject, plaintext) pairs under each subject's current key (one key-store
+        round trip); a subject whose key was destroyed gets a new one."""
         keys = await self.data_keys(subject for subject, _ in items)
         nonces = os.urandom(_NONCE * len(items))  # one read of the random source for all
         return [
@@ -388,11 +436,14 @@ class Vault:
         return (await self.seal_many([(subject, plaintext)], context))[0]
 
     async def open(self, sealed: str, context: str) -> bytes:
-        """The plaintext; raises KeyDestroyed once the person's key is gone."""
+        """The plaintext; raises KeyDestroyed once the key it was sealed under is gone
+        (also after the person got a new key: only the current key id opens)."""
         self._ensure_listener()
-        subject = subject_of(sealed)
+        subject, sealed_key_id = subject_of(sealed), key_id_of(sealed)
         data_key = self._cached(subject)
-        if data_key is None:
+        if data_key is None or data_key.key_id != sealed_key_id:
+            # Not cached, or sealed under another key than the cached one (the person may
+            # have been re-keyed since): the key store decides.
             evictions_before = self._evictions
             async with self._engine.connect() as conn:
                 row = (
@@ -406,11 +457,13 @@ class Vault:
                 raise KeyDestroyed([subject])
             data_key = DataKey(row.key_id, self._unwrap(subject, row.wrapped_key))
             self._remember(subject, data_key, evictions_before)
-        return open_with(data_key, sealed, context)
+        return open_with(data_key, sealed, context)  # KeyDestroyed unless the current key
 
     async def destroy(self, subjects: Iterable[uuid.UUID], now: dt.datetime) -> int:
-        """Destroy the data keys of these subjects (crypto-shredding) and announce it to
-        every process; how many were live. A destroyed key's destroyed_at is kept."""
+        """Destroy the live data keys of these subjects (crypto-shredding), record each
+        destruction in person_key_destructions and announce it to every process; how
+        many were live. A destroyed key stays destroyed; a later key of the same person
+        (new data after this) is destroyed by a later call, with a record of its own."""
         wanted = sorted(set(subjects))
         self._evictions += 1
         for subject in wanted:

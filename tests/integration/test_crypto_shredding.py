@@ -1,5 +1,6 @@
 """Personal data is sealed per person, at rest and in Kafka; destroying the person's key
-makes every copy unreadable, in every process within a second, and for good."""
+makes every copy unreadable, in every process within a second, and for good, while new
+data for the person is sealed under a new key."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.intake.settings import IntakeSettings
-from shared.crypto import KeyDestroyed, Vault, make_vault, subject_of
+from shared.crypto import KeyDestroyed, Vault, key_id_of, make_vault, subject_of
 from shared.db import make_engine
 from shared.events import SIGNAL_RECEIVED, utc_now
 from tests.support import (
@@ -96,18 +97,20 @@ async def shred(stored: str, in_kafka: str, bsn: str, huisnummer: int) -> None:
         for sealed in (stored, in_kafka):
             with pytest.raises(KeyDestroyed):
                 await fresh_vault.open(sealed, CONTEXT)
-        # The person stays destroyed: no new key, and what was sealed stays unreadable.
-        with pytest.raises(KeyDestroyed):
-            await fresh_vault.seal(subject_of(stored), b"{}", CONTEXT)
-        with pytest.raises(KeyDestroyed):
-            await make_vault(settings, engine).open(stored, CONTEXT)
+        # New data for the person gets a new key; what was sealed before stays unreadable.
+        resealed = await fresh_vault.seal(subject_of(stored), b"{}", CONTEXT)
+        assert key_id_of(resealed) != key_id_of(stored)
+        assert await vault.open(resealed, CONTEXT) == b"{}"
+        for sealed in (stored, in_kafka):
+            with pytest.raises(KeyDestroyed):
+                await make_vault(settings, engine).open(sealed, CONTEXT)
         await vault.close()
         await fresh_vault.close()
     finally:
         await engine.dispose()
 
 
-def test_a_signal_for_a_person_whose_key_was_destroyed_is_refused_alone(
+def test_a_signal_after_the_persons_key_was_destroyed_gets_a_new_key(
     running_stack: Stack,
 ) -> None:
     partner = add_partner("Energie Vernietigd (test)", "Energie")
@@ -117,6 +120,14 @@ def test_a_signal_for_a_person_whose_key_was_destroyed_is_refused_alone(
         body["persoon"].pop("bsn", None)
         return body
 
+    def stored(partner_signaal_id: str) -> str:
+        return str(
+            intake_scalar(
+                "SELECT persoonsgegevens FROM signalen "
+                f"WHERE partner_signaal_id = '{partner_signaal_id}'"
+            )
+        )
+
     with httpx.Client(base_url=running_stack.url("intake"), timeout=30) as client:
         headers = bearer(client, partner)
         first = client.post(
@@ -125,10 +136,7 @@ def test_a_signal_for_a_person_whose_key_was_destroyed_is_refused_alone(
             headers=headers,
         )
         assert first.status_code == 201
-        stored = intake_scalar(
-            "SELECT persoonsgegevens FROM signalen WHERE partner_signaal_id = 'GONE-1'"
-        )
-        asyncio.run(destroy_subject(subject_of(stored)))
+        asyncio.run(destroy_subject(subject_of(stored("GONE-1"))))
         single = client.post(
             "/api/v1/signalen",
             json=without_bsn(signal_for(gone, partner, "GONE-2")),
@@ -149,11 +157,29 @@ def test_a_signal_for_a_person_whose_key_was_destroyed_is_refused_alone(
             return body if body["status"] == "verwerkt" else None
 
         lines = {line["regel"]: line for line in poll(processed, 60, "the delivery")["signalen"]}
-    # Refused with a reason naming the field, never a 500 nor a chunk retried for ever.
-    assert single.status_code == 400, single.text
-    assert [p["name"] for p in single.json()["invalidParams"]] == ["persoon"]
-    assert [e["name"] for e in lines[1]["fouten"]] == ["persoon"]
-    assert lines[2]["status"] == "doorgestuurd"
+    # Every later signal for the person is answered, under the person's new key.
+    assert single.status_code == 201, single.text
+    assert lines[1]["status"] == "doorgestuurd", lines[1]
+    assert lines[2]["status"] == "doorgestuurd", lines[2]
+    before, after = stored("GONE-1"), stored("GONE-2")
+    assert subject_of(after) == subject_of(before)
+    assert key_id_of(after) != key_id_of(before)
+    assert key_id_of(stored("GONE-3")) == key_id_of(after)
+    asyncio.run(opens(before, after))
+
+
+async def opens(destroyed: str, current: str) -> None:
+    """`destroyed` stays unreadable; `current` (the person's new key) opens."""
+    settings = IntakeSettings()
+    engine = make_engine(settings.keystore_url, pool_size=1)
+    vault = make_vault(settings, engine)
+    try:
+        with pytest.raises(KeyDestroyed):
+            await vault.open(destroyed, CONTEXT)
+        assert json.loads(await vault.open(current, CONTEXT))["adres"]
+    finally:
+        await vault.close()
+        await engine.dispose()
 
 
 async def destroy_subject(subject: uuid.UUID) -> None:
@@ -217,8 +243,13 @@ async def test_a_key_destroyed_in_one_process_is_refused_by_another_within_a_sec
     await cached_in(there, sealed)
     assert await here.destroy([subject], utc_now()) == 1
     assert await refused_within(1.0, lambda: there.open(sealed, CONTEXT)) <= 1.0
-    with pytest.raises(KeyDestroyed):  # nor does the other process seal for the person
-        await there.seal(subject, b"nieuw", CONTEXT)
+    # New data for the person, sealed by the other process: a new key, the old one gone.
+    resealed = await there.seal(subject, b"nieuw", CONTEXT)
+    assert key_id_of(resealed) != key_id_of(sealed)
+    assert await here.open(resealed, CONTEXT) == b"nieuw"
+    for vault in (here, there):
+        with pytest.raises(KeyDestroyed):
+            await vault.open(sealed, CONTEXT)
 
 
 async def test_a_missed_notification_never_leaves_a_destroyed_key_usable(
@@ -244,24 +275,116 @@ async def test_a_missed_notification_never_leaves_a_destroyed_key_usable(
     assert await refused_within(1.0, lambda: there.open(sealed, CONTEXT)) <= 1.0
 
 
-async def test_new_data_for_a_destroyed_person_is_refused_and_the_destruction_stays_recorded(
+async def test_a_stalled_listener_never_leaves_a_destroyed_key_usable(
+    two_vaults: tuple[Vault, Vault, AsyncEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    here, there, engine = two_vaults
+    subject = uuid.uuid4()
+    sealed = await here.seal(subject, b"geheim", CONTEXT)
+    await cached_in(there, sealed)
+    stalled = asyncio.Event()
+
+    async def hang(_conn: object) -> None:  # the connection stays open, the probe never ends
+        stalled.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(there, "_prove_healthy", hang)
+    await asyncio.wait_for(stalled.wait(), 5)
+    assert there.listener_backend_pid is not None  # no reconnect: the cache is never cleared
+    async with engine.begin() as conn:  # destroyed behind its back, with no notification
+        await conn.execute(
+            text(
+                "UPDATE person_keys SET wrapped_key = NULL, destroyed_at = now() "
+                "WHERE subject_id = :s"
+            ),
+            {"s": subject},
+        )
+    assert await refused_within(1.0, lambda: there.open(sealed, CONTEXT)) <= 1.0
+
+
+async def destructions(engine: AsyncEngine, subject: uuid.UUID) -> list[tuple[bytes, object]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT key_id, destroyed_at FROM person_key_destructions "
+                "WHERE subject_id = :s ORDER BY destroyed_at"
+            ),
+            {"s": subject},
+        )
+        return [(bytes(row.key_id), row.destroyed_at) for row in rows]
+
+
+async def test_new_data_for_a_destroyed_person_gets_a_new_key_and_every_destruction_stays_recorded(
     two_vaults: tuple[Vault, Vault, AsyncEngine],
 ) -> None:
     here, there, engine = two_vaults
     subject = uuid.uuid4()
-    await here.seal(subject, b"geheim", CONTEXT)
-    destroyed_at = utc_now()
-    assert await here.destroy([subject], destroyed_at) == 1
+    first = await here.seal(subject, b"geheim", CONTEXT)
+    await cached_in(there, first)  # `there` holds the first key in its cache
+    first_destroyed_at = utc_now()
+    assert await here.destroy([subject], first_destroyed_at) == 1
+    await refused_within(1.0, lambda: there.open(first, CONTEXT))
+    # New data, in a batch with someone else: sealed under a new key for the person.
+    other = uuid.uuid4()
+    _, second = await there.seal_many([(other, b"ander"), (subject, b"nieuw")], CONTEXT)
+    assert subject_of(second) == subject and key_id_of(second) != key_id_of(first)
     for vault in (here, there):
-        with pytest.raises(KeyDestroyed):
-            await vault.seal_many([(uuid.uuid4(), b"ander"), (subject, b"nieuw")], CONTEXT)
-    assert await here.destroy([subject], utc_now()) == 0  # destroying again changes nothing
-    async with engine.connect() as conn:
-        row = (
+        assert await vault.open(second, CONTEXT) == b"nieuw"
+        with pytest.raises(KeyDestroyed):  # the first key stays destroyed everywhere
+            await vault.open(first, CONTEXT)
+    assert await destructions(engine, subject) == [(key_id_of(first), first_destroyed_at)]
+    # Destroying again destroys the new key too, with a record of its own.
+    second_destroyed_at = utc_now()
+    assert await there.destroy([subject], second_destroyed_at) == 1
+    assert await there.destroy([subject], utc_now()) == 0  # nothing live is left
+    await refused_within(1.0, lambda: here.open(second, CONTEXT))  # `here` cached it
+    for vault in (here, there):
+        for sealed in (first, second):
+            with pytest.raises(KeyDestroyed):
+                await vault.open(sealed, CONTEXT)
+    assert await destructions(engine, subject) == [
+        (key_id_of(first), first_destroyed_at),
+        (key_id_of(second), second_destroyed_at),
+    ]
+
+
+async def test_a_vault_that_cached_the_old_key_seals_and_opens_under_the_new_one(
+    two_vaults: tuple[Vault, Vault, AsyncEngine],
+) -> None:
+    here, _, engine = two_vaults
+    settings = IntakeSettings().model_copy(update={"key_cache_listener_stale_s": 60.0})
+    # A process whose cache is trusted for a long while, and which misses the destruction.
+    late_engine = make_engine(settings.keystore_url, pool_size=1)
+    late = make_vault(settings, late_engine)
+
+    async def rekeyed_behind_its_back() -> tuple[uuid.UUID, str, str]:
+        subject = uuid.uuid4()
+        first = await here.seal(subject, b"geheim", CONTEXT)
+        await cached_in(late, first)
+        async with engine.begin() as conn:  # destroyed with no notification reaching `late`
             await conn.execute(
-                text("SELECT wrapped_key, destroyed_at FROM person_keys WHERE subject_id = :s"),
+                text(
+                    "UPDATE person_keys SET wrapped_key = NULL, destroyed_at = now() "
+                    "WHERE subject_id = :s"
+                ),
                 {"s": subject},
             )
-        ).one()
-    assert row.wrapped_key is None
-    assert row.destroyed_at == destroyed_at
+        second = await here.seal(subject, b"nieuw", CONTEXT)  # the person's new key
+        assert key_id_of(second) != key_id_of(first)
+        assert late.listening  # the old key is still in `late`'s cache, and trusted
+        return subject, first, second
+
+    try:
+        # New data opens under the new key, though the old one is cached.
+        _, first, second = await rekeyed_behind_its_back()
+        assert await late.open(second, CONTEXT) == b"nieuw"
+        with pytest.raises(KeyDestroyed):
+            await late.open(first, CONTEXT)
+        # Sealing never takes the cached (destroyed) key: new data gets the new one.
+        subject, first, second = await rekeyed_behind_its_back()
+        resealed = await late.seal(subject, b"later", CONTEXT)
+        assert key_id_of(resealed) == key_id_of(second)
+        assert await here.open(resealed, CONTEXT) == b"later"
+    finally:
+        await late.close()
+        await late_engine.dispose()
