@@ -20,8 +20,8 @@ its first record and retries with backoff. Errors are classified (`error_kind`):
   after `consumer_max_transient_retries` failed batches in a row the batch is taken record
   by record (isolated). An isolated record whose handler still fails on a transient error
   rolls its lane back and the batch is retried with backoff, until the record has kept
-  failing so, isolated, for the transient budget (`BatchConsumer.transient_budget_s`, the
-  setting `consumer_transient_budget_s` where the settings define it, by default 300 s);
+  failing so, isolated, for the transient budget (the setting
+  `consumer_transient_budget_s`, by default 300 s);
   only then its attempts count, with a pause between them, and a record that still fails
   is dead-lettered with the reason. So a record waiting on a lock held for minutes (an
   operator's command) is processed once the lock is released, while a record that causes
@@ -135,9 +135,6 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     RequestTimedOutError,
     KafkaTimeoutError,
 )
-# How long an isolated record may keep failing on a transient error before its attempts
-# count towards the dead-letter topic (the setting `consumer_transient_budget_s`, if any).
-TRANSIENT_BUDGET_S = 300.0
 # Records tracked for that budget at most (oldest forgotten first: a record whose partition
 # moved to another replica is never seen again here).
 _TRACKED_RECORDS = 10_000
@@ -414,7 +411,7 @@ class BatchConsumer:
         self.transient_budget_s: float = (
             transient_budget_s
             if transient_budget_s is not None
-            else float(getattr(settings, "consumer_transient_budget_s", TRANSIENT_BUDGET_S))
+            else settings.consumer_transient_budget_s
         )
         self._failing_since: dict[Any, float] = {}
 

@@ -155,6 +155,14 @@ class ServiceSettings(BaseSettings):
         "and a record that keeps failing is dead-lettered with the reason. An unreachable "
         "database or broker never counts: it is waited for, however long.",
     )
+    consumer_transient_budget_s: float = Field(
+        300.0,
+        ge=0,
+        description="How long one record, taken on its own, may keep failing on a transient "
+        "database error (a lock held elsewhere, a statement timeout) before its attempts count "
+        "towards the dead-letter topic: contention is waited out, a record that fails for "
+        "longer is dead-lettered with the reason.",
+    )
     consumer_session_timeout_ms: int = Field(
         6_000, description="Kafka consumer session timeout; a dead replica is noticed after it."
     )
