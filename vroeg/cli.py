@@ -8,12 +8,14 @@ import datetime as dt
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Annotated, Any, get_args
 
 import asyncpg
+import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -141,24 +143,65 @@ def up(
             state_file=stack.SUPERVISOR_STATE_FILE,
             poll_interval_s=supervisor_settings.poll_interval_s,
         )
+        # Supervise from here on: a service that crashes while the demo data is delivered
+        # is restarted like any other, and the delivery waits for it and goes on.
+        stopping = threading.Event()
         if demo:
-            credentials_file = stack.STATE_DIR / "demo-partners.json"
-            partners = demo_data.register_demo_partners(credentials_file)
-            addresses = demo_data.load_demo_addresses(
-                stack.STATE_DIR / "demo-adressen.csv", demo_data.demo_households()
-            )
-            sent = demo_data.post_demo_signals(
-                running.url("intake"), partners, today=dt.date.today()
-            )
-            console.print(
-                f"  demo        {len(partners)} partners, credentials in {credentials_file}"
-            )
-            console.print(f"              {addresses} demo addresses in the region's address table")
-            console.print(
-                f"              {sent} demo signals delivered; try: vroeg zaken --gemeente GM1731"
-            )
+            intake_url = running.url("intake")
+
+            def intake_ready() -> bool:
+                try:
+                    return httpx.get(f"{intake_url}/health/ready", timeout=0.5).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            def deliver_demo() -> None:
+                try:
+                    credentials_file = stack.STATE_DIR / "demo-partners.json"
+                    partners = demo_data.register_demo_partners(credentials_file)
+                    addresses = demo_data.load_demo_addresses(
+                        stack.STATE_DIR / "demo-adressen.csv", demo_data.demo_households()
+                    )
+                    sent = stack.deliver_when_ready(
+                        lambda: demo_data.post_demo_signals(
+                            intake_url, partners, today=dt.date.today()
+                        ),
+                        intake_ready,
+                        stopping=stopping,
+                    )
+                except Exception as exc:  # the stack goes on; the demo data is not complete
+                    if not stopping.is_set():
+                        console.print(
+                            f"[red]  demo        not delivered ({type(exc).__name__}); "
+                            "the services keep running[/]",
+                            highlight=False,
+                        )
+                    return
+                if stopping.is_set():
+                    return
+                if sent is None:
+                    console.print(
+                        "[red]  demo        not delivered: intake did not come back in time[/]",
+                        highlight=False,
+                    )
+                    return
+                console.print(
+                    f"  demo        {len(partners)} partners, credentials in {credentials_file}"
+                )
+                console.print(
+                    f"              {addresses} demo addresses in the region's address table"
+                )
+                console.print(
+                    f"              {sent} demo signals delivered; "
+                    "try: vroeg zaken --gemeente GM1731"
+                )
+
+            threading.Thread(target=deliver_demo, name="demo-delivery", daemon=True).start()
         console.print("Press Ctrl-C to stop.")
-        supervisor.run()
+        try:
+            supervisor.run()
+        finally:
+            stopping.set()
     except stack.StackFailed as exc:
         failed = True
         console.print(f"[red]{exc}[/]", highlight=False)

@@ -19,10 +19,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 import httpx
@@ -305,8 +307,11 @@ def _fresh_secret(field_name: str) -> str:
 
 def development_secrets(path: Path = SECRETS_FILE) -> dict[str, str]:
     """This installation's development secrets: made with `secrets` on the first run, kept
-    in `path` (mode 0600) and reused after, never printed. A value set in the environment
-    wins over the file (and is not written to it)."""
+    in `path` (mode 0600, set again on every run: a file someone widened is narrowed before
+    it is read) and reused after, never printed. A value set in the environment wins over
+    the file (and is not written to it)."""
+    if path.exists():
+        os.chmod(path, 0o600)
     stored = _read_env_file(path) if path.exists() else {}
     names = development_secret_names()
     missing = {var: _fresh_secret(name) for var, name in names.items() if var not in stored}
@@ -483,6 +488,44 @@ class Supervisor:
         while True:
             self.check()
             time.sleep(self.poll_interval_s)  # the supervisor's polling interval
+
+
+T = TypeVar("T")
+
+
+def _service_went_away(exc: httpx.HTTPError) -> bool:
+    """A failure a restart cures: no connection, or a 5xx while the service goes down."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code >= 500
+    return isinstance(exc, httpx.TransportError)
+
+
+def deliver_when_ready(
+    deliver: Callable[[], T],
+    ready: Callable[[], bool],
+    *,
+    stopping: threading.Event,
+    deadline_s: float = 120.0,
+    poll_s: float = 0.2,
+    clock: Callable[[], float] = time.monotonic,
+) -> T | None:
+    """Run `deliver` (it must be idempotent, as the demo delivery is) alongside the
+    supervisor: when the service it talks to goes away (it crashed), wait until `ready()`
+    says the supervisor has it back, and deliver again. None once `stopping` is set or
+    `deadline_s` has passed without a delivery; any other failure is raised."""
+    deadline = clock() + deadline_s
+    while not stopping.is_set():
+        try:
+            return deliver()
+        except httpx.HTTPError as exc:
+            if not _service_went_away(exc):
+                raise
+        # Poll (with the deadline) until the restarted service answers, then try again.
+        while not stopping.is_set() and clock() < deadline and not ready():
+            stopping.wait(poll_s)
+        if clock() >= deadline:
+            return None
+    return None
 
 
 def read_supervisor_state(path: Path = SUPERVISOR_STATE_FILE) -> dict | None:

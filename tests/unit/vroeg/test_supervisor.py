@@ -1,5 +1,6 @@
 """The supervisor's restart policy and its reactions to a dead process (real child
-processes, a controlled clock), and the installation's development secrets."""
+processes, a controlled clock), a delivery that goes on across a restart, and the
+installation's development secrets."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import json
 import os
 import stat
 import sys
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 
 from services.registry import BY_NAME, ServiceSpec
@@ -135,6 +139,70 @@ def test_repeated_crashes_in_a_short_time_stop_the_stack(
     assert said[2] == "matching stopped unexpectedly (exit -9); restart 2 in 1.0 s"
 
 
+def test_a_delivery_during_which_the_service_crashes_goes_on_after_its_restart(
+    fake_stack: FakeStack, tmp_path: Path
+) -> None:
+    """As `vroeg up` delivers the demo data: alongside the supervisor, not before it."""
+    clock, said = Clock(), list[str]()
+    supervisor = supervisor_for(fake_stack, tmp_path, clock, said)
+    attempts: list[int] = []
+
+    def deliver() -> int:
+        attempts.append(fake_stack.processes["intake"].pid)
+        if len(attempts) == 1:
+            fake_stack.processes["intake"].kill()  # intake dies halfway through the delivery
+        if not fake_stack.started:
+            raise httpx.ConnectError("connection refused")
+        return 24
+
+    def ready() -> bool:
+        return "intake" in fake_stack.started and fake_stack.processes["intake"].alive()
+
+    stopping, result = threading.Event(), list[int | None]()
+    delivery = threading.Thread(
+        target=lambda: result.append(
+            stack_mod.deliver_when_ready(deliver, ready, stopping=stopping, poll_s=0.01)
+        )
+    )
+    delivery.start()
+    deadline = time.monotonic() + 10
+    try:
+        while delivery.is_alive() and time.monotonic() < deadline:
+            supervisor.check()  # the supervisor's loop, on the controlled clock
+            clock.now += 0.1
+            delivery.join(0.01)
+    finally:
+        stopping.set()
+        delivery.join(5)
+    assert result == [24]
+    assert said[0] == "intake stopped unexpectedly (exit -9); restart 1 in 0.5 s"
+    assert fake_stack.started == ["intake"]
+    assert len(attempts) == 2 and attempts[1] != attempts[0]  # delivered to the new process
+
+
+def test_a_delivery_gives_up_at_its_deadline_and_raises_what_no_restart_cures() -> None:
+    def refused() -> int:
+        raise httpx.ConnectError("connection refused")
+
+    stopping = threading.Event()
+    assert (
+        stack_mod.deliver_when_ready(
+            refused, lambda: True, stopping=stopping, deadline_s=0.05, poll_s=0.01
+        )
+        is None
+    )
+    request = httpx.Request("POST", "http://127.0.0.1:9/api/v1/signalen")
+
+    def bad_request() -> int:
+        response = httpx.Response(400, request=request)
+        raise httpx.HTTPStatusError("400", request=request, response=response)
+
+    with pytest.raises(httpx.HTTPStatusError):
+        stack_mod.deliver_when_ready(bad_request, lambda: True, stopping=stopping)
+    stopping.set()
+    assert stack_mod.deliver_when_ready(refused, lambda: True, stopping=stopping) is None
+
+
 def test_development_secrets_are_fresh_private_kept_and_never_the_defaults(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -153,3 +221,15 @@ def test_development_secrets_are_fresh_private_kept_and_never_the_defaults(
     assert not set(other.values()) & set(first.values())  # per installation
     monkeypatch.setenv("VROEG_TOKEN_SIGNING_KEY", "the operator's own")
     assert "VROEG_TOKEN_SIGNING_KEY" not in stack_mod.development_secrets(path)
+
+
+def test_development_secrets_narrow_a_wider_existing_file_to_0600(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in stack_mod.development_secret_names():
+        monkeypatch.delenv(name, raising=False)
+    path = tmp_path / ".vroeg" / "secrets.env"
+    first = stack_mod.development_secrets(path)
+    path.chmod(0o644)  # widened by hand, or copied with a loose umask; nothing is missing
+    assert stack_mod.development_secrets(path) == first
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
