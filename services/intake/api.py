@@ -335,12 +335,29 @@ async def deliver_batch(
         raise Problem(
             415, "Verkeerd Content-Type", "Stuur een levering als application/json of text/csv."
         )
-    body = await request.body()
-    try:
-        lines = await deliveries.parse_off_loop(body, media_type)
-    except deliveries.UnreadableDelivery as exc:
-        raise invalid_input([{"name": "body", "code": "bestand", "reason": str(exc)}]) from None
     settings = request.app.state.runtime.settings
+    busy = too_many_requests(
+        settings.delivery_retry_after_s,
+        f": er zijn al {settings.delivery_max_in_flight} leveringen van u in "
+        "verwerking (zie GET /api/v1/leveringen/{id})",
+    )
+    # Before the body is read: a partner's parallel uploads are refused, not read and
+    # parsed (up to max_delivery_bytes each) only to be refused afterwards.
+    slots = _reading_slots(request, settings.delivery_max_reading_per_partner)
+    if not slots.try_take(partner.id):
+        raise busy
+    try:
+        async with request.app.state.runtime.session_factory() as session, session.begin():
+            await confirm_active(session, partner)
+            if await deliveries.in_flight(session, partner.id) >= settings.delivery_max_in_flight:
+                raise busy
+        body = await request.body()
+        try:
+            lines = await deliveries.parse_off_loop(body, media_type)
+        except deliveries.UnreadableDelivery as exc:
+            raise invalid_input([{"name": "body", "code": "bestand", "reason": str(exc)}]) from None
+    finally:
+        slots.release(partner.id)
     if not lines or len(lines) > settings.delivery_max_lines:
         raise invalid_input(
             [
@@ -353,12 +370,10 @@ async def deliver_batch(
         )
     async with request.app.state.runtime.session_factory() as session, session.begin():
         await confirm_active(session, partner)
+        # Again, under the partner's row lock: deliveries read at the same moment (on any
+        # replica) count each other.
         if await deliveries.in_flight(session, partner.id) >= settings.delivery_max_in_flight:
-            raise too_many_requests(
-                settings.delivery_retry_after_s,
-                f": er zijn al {settings.delivery_max_in_flight} leveringen van u in "
-                "verwerking (zie GET /api/v1/leveringen/{id})",
-            )
+            raise busy
         delivery = await deliveries.store_delivery(
             session, request.app.state.vault, partner, body, media_type, len(lines), utc_now()
         )
@@ -371,6 +386,14 @@ async def deliver_batch(
         aantal=delivery.aantal,
         ontvangen_op=delivery.ontvangen_op,
     )
+
+
+def _reading_slots(request: Request, per_partner: int) -> deliveries.PartnerSlots:
+    """This replica's count of deliveries being read and parsed, per partner."""
+    slots: deliveries.PartnerSlots | None = getattr(request.app.state, "reading_slots", None)
+    if slots is None:
+        slots = request.app.state.reading_slots = deliveries.PartnerSlots(per_partner)
+    return slots
 
 
 # What a receipt shows of a stored signal (handlers.receipt_of).

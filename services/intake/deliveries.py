@@ -201,6 +201,32 @@ async def parse_off_loop(body: bytes, media_type: str) -> list[Any]:
     return await asyncio.to_thread(parse, body, media_type)
 
 
+class PartnerSlots:
+    """How many deliveries of each partner this replica is reading and parsing at once.
+
+    A delivery counts as in flight only once it is stored; the slot bounds the ones
+    before that (up to max_delivery_bytes each, read and parsed), so parallel uploads of
+    one partner are refused before their bodies are read. Not a wait: no free slot, 429."""
+
+    def __init__(self, per_partner: int) -> None:
+        self.per_partner = per_partner
+        self._busy: Counter[uuid.UUID] = Counter()
+
+    def try_take(self, partner_id: uuid.UUID) -> bool:
+        if self._busy[partner_id] >= self.per_partner:
+            return False
+        self._busy[partner_id] += 1
+        return True
+
+    def release(self, partner_id: uuid.UUID) -> None:
+        self._busy[partner_id] -= 1
+        if self._busy[partner_id] <= 0:
+            del self._busy[partner_id]
+
+    def __len__(self) -> int:
+        return len(self._busy)
+
+
 async def in_flight(session: AsyncSession, partner_id: uuid.UUID) -> int:
     """The partner's deliveries not yet processed. Locks the partner's row until the
     transaction ends, so that two deliveries at the same moment count each other."""

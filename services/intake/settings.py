@@ -115,6 +115,12 @@ class IntakeSettings(PersonalDataSettings):
         ge=1,
         description="Deliveries of one partner not yet processed before a new one gets 429.",
     )
+    delivery_max_reading_per_partner: int = Field(
+        2,
+        ge=1,
+        description="Deliveries of one partner read and parsed at once (per replica); one "
+        "more is refused 429 before its body is read.",
+    )
     delivery_retry_after_s: int = Field(
         30, description="Retry-After of a delivery refused because too many are in flight."
     )

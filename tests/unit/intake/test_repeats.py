@@ -9,7 +9,7 @@ import uuid
 from types import SimpleNamespace
 from typing import Any
 
-from services.intake.deliveries import first_lines
+from services.intake.deliveries import PartnerSlots, first_lines
 from services.intake.handlers import differing_fields, fingerprint
 from services.intake.schemas import SignalIn
 
@@ -57,3 +57,16 @@ def test_long_ids_that_share_their_first_100_characters_are_distinct() -> None:
     one, other = "x" * 100 + "1", "x" * 100 + "2"
     lines: list[Any] = [{"partnerSignaalId": one}, {"partnerSignaalId": other}]
     assert first_lines(lines) == {one: (1, lines[0]), other: (2, lines[1])}
+
+
+def test_reading_slots_bound_each_partner_on_its_own_and_free_on_release() -> None:
+    slots = PartnerSlots(per_partner=2)
+    one, other = uuid.uuid4(), uuid.uuid4()
+    assert slots.try_take(one) and slots.try_take(one)
+    assert not slots.try_take(one)  # a third upload of the same partner: refused
+    assert slots.try_take(other)  # another partner is not held up
+    slots.release(one)
+    assert slots.try_take(one)
+    for partner in (one, one, other):
+        slots.release(partner)
+    assert len(slots) == 0  # no entry is kept for a partner with nothing being read
