@@ -25,16 +25,6 @@ class Violation:
 NOT_REGISTERED = "niet-aangemeld"
 
 
-# The person's data key was destroyed (archive rule or erasure, ADR 0004 and 0013): a key
-# once destroyed is never re-created, so nothing new can be sealed for that person.
-PERSON_DATA_DESTROYED = Violation(
-    "persoon",
-    "De gegevens van deze persoon zijn bij de gemeente vernietigd; dit signaal kan niet "
-    "worden opgeslagen. Neem contact op met de gemeente als u het toch wilt melden.",
-    "vernietigd",
-)
-
-
 def check_kind(soort: str, registered: Sequence[str]) -> Violation | None:
     """A partner reports only the kinds of arrears it is registered for (its agreement:
     Landelijk Convenant Vroegsignalering, each creditor signals its own arrears; a water

@@ -31,7 +31,7 @@ from services.intake.models import (
 )
 from services.intake.schemas import Receipt, SignalIn
 from shared import audit as audit_trail
-from shared.crypto import KeyDestroyed, Vault, subject_id
+from shared.crypto import Vault, subject_id
 from shared.events import (
     SIGNAL_BLOCKED,
     SIGNAL_RECEIVED,
@@ -188,19 +188,6 @@ async def _last_blocked_arrears(
     return {row.household_key: row.achterstand_bedrag for row in rows}
 
 
-async def _seal_personal_data(
-    vault: Vault, signals: Sequence[SignalIn], subjects: Sequence[uuid.UUID], indexes: list[int]
-) -> list[str]:
-    """The personal fields of each signal, sealed with its person's key."""
-    return await vault.seal_many(
-        [
-            (subject, signals[i].model_dump_json(by_alias=True, include=PERSONAL_FIELDS).encode())
-            for subject, i in zip(subjects, indexes, strict=True)
-        ],
-        PERSONAL_DATA_CONTEXT,
-    )
-
-
 async def accept_signals(
     session: AsyncSession,
     vault: Vault,
@@ -253,16 +240,13 @@ async def accept_signals(
         subject_id(household_secret, domain.person_identity(signals[i].persoon, keys[i]))
         for i in candidates
     ]
-    try:
-        sealed = await _seal_personal_data(vault, signals, subjects, candidates)
-    except KeyDestroyed as destroyed:
-        # Refused alone, never failing the batch (a delivery chunk would retry for ever).
-        for subject, i in zip(subjects, candidates, strict=True):
-            if subject in destroyed.subjects:
-                outcomes[i] = Refused([domain.PERSON_DATA_DESTROYED])
-        kept = [(s, i) for s, i in zip(subjects, candidates, strict=True) if outcomes[i] is None]
-        subjects, candidates = [s for s, _ in kept], [i for _, i in kept]
-        sealed = await _seal_personal_data(vault, signals, subjects, candidates)
+    sealed = await vault.seal_many(
+        [
+            (subject, signals[i].model_dump_json(by_alias=True, include=PERSONAL_FIELDS).encode())
+            for subject, i in zip(subjects, candidates, strict=True)
+        ],
+        PERSONAL_DATA_CONTEXT,
+    )
     rows: list[dict[str, Any]] = []
     ids = new_uuids(2 * len(candidates))  # signal ids, then event ids: one random read
     signal_ids, event_ids = ids[: len(candidates)], ids[len(candidates) :]
