@@ -30,6 +30,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
+from prometheus_client import Counter
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -57,6 +58,12 @@ from shared.events import DEAD_LETTER, Event, Topic, encode_event
 from shared.telemetry import context_from_headers, current_trace_headers, tracer, tracing
 
 log = structlog.get_logger(__name__)
+
+TOPICS_UNAVAILABLE = Counter(
+    "vroeg_outbox_topic_unavailable_total",
+    "Relay rounds that skipped a topic the broker's metadata did not have (rows kept).",
+    ["topic"],
+)
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,12 @@ DEFAULT_MAX_RECORD_BYTES = 1_048_576
 
 # One relaying round at a time per database (advisory locks are scoped to the database).
 _RELAY_LOCK = text("SELECT pg_advisory_xact_lock(hashtext('vroeg.outbox.relay'))")
+# A round's transaction waits for the broker's acknowledgements, idle, holding the lock: a
+# server-side timeout would kill it after the publish and before the deletes (ADR 0010).
+_RELAY_TIMEOUTS = (
+    text("SET LOCAL statement_timeout = 0"),
+    text("SET LOCAL idle_in_transaction_session_timeout = 0"),
+)
 
 _RELAY_GROUP = "outbox-relay"
 
@@ -136,8 +149,10 @@ def permanent_reason(exc: BaseException, size: int) -> str | None:
     the error may pass (the broker or the network) and the row is to be retried."""
     if isinstance(exc, MessageSizeTooLargeError | RecordListTooLargeError | RecordTooLargeError):
         return f"outbox: bericht te groot ({size} bytes)"
-    if isinstance(exc, InvalidTopicError | UnknownTopicOrPartitionError):
-        return "outbox: topic bestaat niet bij de broker"
+    if isinstance(exc, InvalidTopicError):
+        return "outbox: ongeldige topicnaam"
+    # UnknownTopicOrPartitionError is not here: metadata without the topic (a failover, a
+    # refresh that omits it, a topic not yet created at deploy) passes, the rows wait.
     return None
 
 
@@ -236,10 +251,13 @@ class Outbox:
         partition's rows go in one batch, so a failed batch has nothing of its partition
         after it in flight, and the rows of that partition are all retried, in order.
 
-        A row that can never be published (too large, a topic the broker does not have)
-        goes to the dead-letter topic with the reason, instead of stopping the line."""
+        A row that can never be published (too large, an invalid topic name) goes to the
+        dead-letter topic with the reason, instead of stopping the line. A topic missing
+        from the broker's metadata is retriable: its rows stay for a later round."""
         outbox = self.tables.outbox
         async with session_factory() as session, session.begin():
+            for statement in _RELAY_TIMEOUTS:
+                await session.execute(statement)
             await session.execute(_RELAY_LOCK)
             rows = (
                 await session.execute(
@@ -293,22 +311,26 @@ class Outbox:
         them. A partition's rows that do not fit its batch wait for the next round, and so
         does everything of that partition after them. Returns the batches with the futures
         that resolve when the broker acknowledged, and the rows to dead-letter."""
-        partitions: dict[str, list[int] | None] = {}
+        partitions: dict[str, list[int] | str | None] = {}
         for topic in dict.fromkeys(row.topic for row in rows):
             try:
                 partitions[topic] = sorted(await producer.partitions_for(topic))
             except UnknownTopicOrPartitionError:
-                if topic == DEAD_LETTER.name:
-                    raise  # no place to put it: retried until the topic exists
-                log.error("outbox topic unknown to the broker", topic=topic)
+                # Retriable: metadata may lack a topic for a while. Its rows stay, in order.
+                log.warning("outbox topic not in the broker's metadata, rows kept", topic=topic)
+                TOPICS_UNAVAILABLE.labels(topic=topic).inc()
                 partitions[topic] = None
+            except InvalidTopicError as exc:
+                partitions[topic] = permanent_reason(exc, 0)
         open_batches: dict[tuple[str, int], _Batch] = {}
         closed: set[tuple[str, int]] = set()
         dead: list[tuple[Any, str]] = []
         for row in rows:
             all_partitions = partitions[row.topic]
             if all_partitions is None:
-                dead.append((row, permanent_reason(UnknownTopicOrPartitionError(), 0) or ""))
+                continue  # this topic's partitions wait for a later round
+            if isinstance(all_partitions, str):
+                dead.append((row, all_partitions))
                 continue
             key = row.key.encode()
             partition = _PARTITIONER(key, all_partitions, all_partitions)
@@ -365,6 +387,7 @@ class Outbox:
             payload=b"" if too_large or row.topic == DEAD_LETTER.name else row.payload,
             headers={
                 **dict(row.headers),
+                **_identity(row),
                 "dlq.reason": reason,
                 "dlq.topic": row.topic,
                 "dlq.group": _RELAY_GROUP,
@@ -414,6 +437,22 @@ class Outbox:
                 await asyncio.wait_for(self._wake.wait(), timeout=poll_interval_s)
                 if linger_s:
                     await asyncio.sleep(linger_s)
+
+
+def _identity(row: Any) -> dict[str, str]:
+    """The event id and type of an outbox row, for its dead letter (replay needs the id)."""
+    try:
+        event = json.loads(row.payload)
+    except ValueError:
+        return {}
+    if not isinstance(event, dict):
+        return {}
+    known: dict[str, str] = {}
+    if isinstance(event.get("event_id"), str):
+        known["dlq.event_id"] = event["event_id"]
+    if isinstance(event.get("event_type"), str):
+        known["event_type"] = event["event_type"]
+    return known
 
 
 @functools.cache

@@ -1,8 +1,9 @@
 """The outbox relay across replicas, on the real broker and PostgreSQL: two relays on one
 outbox keep every key's events in staging order, a relay that dies mid-round loses its
 lock with its connection and the other takes over without losing or reordering anything,
-and a row that can never be published goes to the dead-letter topic instead of stopping
-the line."""
+a row that can never be published goes to the dead-letter topic instead of stopping
+the line, a topic missing from the broker's metadata only delays its rows, and a slow
+broker does not get a round killed by the database's timeouts."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from shared.outbox import Outbox, add_messaging_tables
 from shared.settings import ServiceSettings
 from tests.conftest import Infra
 from tests.support import apoll
+from vroeg.status import end_offsets
 
 pytestmark = pytest.mark.integration
 
@@ -352,28 +354,91 @@ class NoAutoCreate(GatedProducer):
     does, Apache Kafka in production must not): asked for a topic it lacks, the metadata
     wait ends in UNKNOWN_TOPIC_OR_PARTITION."""
 
-    def __init__(self, producer: AIOKafkaProducer, missing: str) -> None:
+    def __init__(self, producer: AIOKafkaProducer, missing: str | None) -> None:
         super().__init__(producer, gated_call=0, after_send=False)
         self.missing = missing
+        self.refusals = 0
 
     async def partitions_for(self, topic: str) -> set[int]:
         if topic == self.missing:
+            self.refusals += 1
             raise UnknownTopicOrPartitionError()
         return await self._producer.partitions_for(topic)  # type: ignore[no-any-return]
 
 
-async def test_a_row_for_a_topic_the_broker_does_not_have_is_dead_lettered(setup: Setup) -> None:
-    missing = Topic(f"test.missing.{uuid.uuid4().hex[:10]}", (), "never created")
+async def test_a_topic_missing_from_the_metadata_keeps_its_rows_until_it_is_there(
+    setup: Setup,
+) -> None:
+    """UNKNOWN_TOPIC_OR_PARTITION is retriable (a failover, a metadata refresh without the
+    topic, a topic not yet created at deploy): the rows stay, the other topics' rows go,
+    and once the topic is there its rows are published, nothing dead-lettered."""
+    later = Topic(f"test.later.{uuid.uuid4().hex[:10]}", (), "created later")
     async with setup.session_factory() as session, session.begin():
-        await setup.outbox.stage_raw(session, missing, KEYS[0], b"a:0", {"event_type": "Lost"})
+        await setup.outbox.stage_raw(session, later, KEYS[0], b"a:0", {"event_type": "Late"})
         await setup.outbox.stage_raw(session, setup.topic, KEYS[0], b"a:1", {})
+        await setup.outbox.stage_raw(session, later, KEYS[0], b"a:2", {"event_type": "Late"})
     async with producers(setup.settings, 1) as (producer,):
-        strict = NoAutoCreate(producer, missing.name)
+        strict = NoAutoCreate(producer, later.name)
         async with relay(setup, strict, 100):
+            records = await read_topic(setup.infra.kafka_bootstrap, setup.topic.name, 1)
+            assert [record.value for record in records] == [b"a:1"]
+
+            async def refused_again() -> bool:
+                return strict.refusals >= 2  # a round after the one that published a:1
+
+            await apoll(refused_again, 30, "a later round to find the topic missing again")
+            async with setup.engine.connect() as conn:
+                kept = (
+                    await conn.execute(text("SELECT topic, payload FROM outbox ORDER BY id"))
+                ).all()
+            assert [(topic, bytes(payload)) for topic, payload in kept] == [
+                (later.name, b"a:0"),
+                (later.name, b"a:2"),
+            ]
+            admin = AIOKafkaAdminClient(bootstrap_servers=setup.infra.kafka_bootstrap)
+            await admin.start()
+            await admin.create_topics([NewTopic(later.name, PARTITIONS, 1)])
+            await admin.close()
+            strict.missing = None  # the metadata has it now
             await apoll(lambda: outbox_empty(setup), 30, "the outbox to drain")
-    records = await read_topic(setup.infra.kafka_bootstrap, setup.topic.name, 1)
-    assert [record.value for record in records] == [b"a:1"]
-    dead = await dead_letters_for(setup, lambda headers: headers["dlq.topic"] == missing.name)
-    headers = {name: value.decode() for name, value in dead[0].headers}
-    assert headers["dlq.reason"] == "outbox: topic bestaat niet bij de broker"
-    assert dead[0].value == b"a:0"
+    records = await read_topic(setup.infra.kafka_bootstrap, later.name, 2)
+    assert first_seen_order(records) == {"a": [0, 2]}
+
+
+async def test_a_slow_broker_does_not_get_the_relay_round_killed_by_server_timeouts(
+    setup: Setup,
+) -> None:
+    """A round waits for acknowledgements idle in its transaction, holding the relay lock:
+    the database's statement and idle-in-transaction timeouts must not end it between the
+    publish and the deletes (each record would be published again)."""
+    database = setup.engine.url.database
+    async with setup.engine.begin() as conn:
+        for setting in ("idle_in_transaction_session_timeout", "statement_timeout"):
+            await conn.execute(text(f'ALTER DATABASE "{database}" SET {setting} = 300'))
+    staged = await stage(setup, count_per_key=2)
+    async with producers(setup.settings, 1) as (producer,):
+        slow = GatedProducer(producer, gated_call=1, after_send=True)
+        async with relay(setup, slow, batch_size=100):
+            await asyncio.wait_for(slow.at_gate.wait(), 10)
+
+            async def idle_past_the_timeout() -> bool:
+                async with setup.engine.connect() as conn:
+                    return bool(
+                        await conn.scalar(
+                            text(
+                                "SELECT count(*) FROM pg_stat_activity "
+                                "WHERE datname = current_database() "
+                                "AND state = 'idle in transaction' "
+                                "AND now() - state_change > interval '900 milliseconds'"
+                            )
+                        )
+                    )
+
+            try:
+                await apoll(idle_past_the_timeout, 10, "the round to outlast the timeouts")
+            finally:
+                slow.gate.set()
+            await apoll(lambda: outbox_empty(setup), 30, "the outbox to drain")
+    partitions = [TopicPartition(setup.topic.name, p) for p in range(PARTITIONS)]
+    published = await end_offsets(setup.infra.kafka_bootstrap, partitions)
+    assert sum(published.values()) == len(staged)  # each once: the round was not killed

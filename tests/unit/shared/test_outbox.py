@@ -5,6 +5,8 @@ rows that can never be published marked for the dead-letter topic."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import uuid
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
+    InvalidTopicError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
     RecordListTooLargeError,
@@ -19,7 +22,8 @@ from aiokafka.errors import (
 )
 
 from services.feedback.models import messaging as tables
-from shared.outbox import Outbox, permanent_reason
+from shared.events import OutreachDue, encode_event
+from shared.outbox import TOPICS_UNAVAILABLE, Outbox, _identity, permanent_reason
 
 BATCH_BYTES = 4_096
 KEY = "k" * 64  # every row of one key goes to one partition
@@ -100,17 +104,43 @@ async def test_rows_of_a_refused_batch_go_one_at_a_time_in_order(broker: FakeBro
     assert (await enqueue(outbox, broker, [row(5), row(6), row(7)]))[0] == [[5]]
 
 
-async def test_a_topic_the_broker_lacks_sends_its_rows_to_the_dead_letters(
+async def test_a_topic_missing_from_the_metadata_keeps_its_rows_for_a_later_round(
     broker: FakeBroker,
 ) -> None:
-    broker.missing = "gone"
-    rows = [row(1, topic="gone"), row(2), row(3, topic="gone")]
+    # Metadata without the topic (a failover, a refresh, a topic not yet created) passes:
+    # its rows are neither sent nor dead-lettered, the other topics' rows still go.
+    broker.missing = "later"
+    skipped = TOPICS_UNAVAILABLE.labels(topic="later")
+    before = skipped._value.get()
+    rows = [row(1, topic="later"), row(2), row(3, topic="later")]
     sent, dead = await enqueue(Outbox(tables), broker, rows)
     assert sent == [[2]]
-    assert dead == [
-        (1, "outbox: topic bestaat niet bij de broker"),
-        (3, "outbox: topic bestaat niet bij de broker"),
-    ]
+    assert dead == []
+    assert skipped._value.get() == before + 1
+    broker.missing = None  # the metadata has it again: the rows go, in order
+    sent, dead = await enqueue(
+        Outbox(tables), broker, [row(1, topic="later"), row(3, topic="later")]
+    )
+    assert sent == [[1, 3]]
+    assert dead == []
+
+
+def test_a_dead_letter_of_the_relay_carries_the_event_id_and_type() -> None:
+    event = OutreachDue(
+        gemeentecode="GM1731",
+        household_key=uuid.uuid4().hex * 2,
+        case_id=uuid.uuid4(),
+        match_id=uuid.uuid4(),
+        doorgestuurd_op=dt.datetime(2026, 11, 2, tzinfo=dt.UTC),
+        termijn=dt.date(2026, 11, 30),
+        signalen=(),
+    )
+    stored = SimpleNamespace(id=1, topic="t", key=KEY, payload=encode_event(event), headers={})
+    assert _identity(stored) == {
+        "dlq.event_id": str(event.event_id),
+        "event_type": "OutreachDue",
+    }
+    assert _identity(row(2)) == {}  # not an event: nothing to claim
 
 
 async def test_partitions_are_batched_apart_each_in_id_order(broker: FakeBroker) -> None:
@@ -127,7 +157,8 @@ async def test_partitions_are_batched_apart_each_in_id_order(broker: FakeBroker)
     [
         (MessageSizeTooLargeError(), "outbox: bericht te groot (123 bytes)"),
         (RecordListTooLargeError(), "outbox: bericht te groot (123 bytes)"),
-        (UnknownTopicOrPartitionError(), "outbox: topic bestaat niet bij de broker"),
+        (InvalidTopicError(), "outbox: ongeldige topicnaam"),
+        (UnknownTopicOrPartitionError(), None),
         (KafkaTimeoutError(), None),
         (OSError(), None),
     ],
