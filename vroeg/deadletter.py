@@ -11,7 +11,10 @@ processes the event once. A second replay, or a replay of an event processed sin
 finds no mark and is refused; should a re-published record arrive anyway (the mark's
 removal did not commit), the inbox drops it. Every consumer group of the topic receives
 the replayed record; the groups that processed the event before drop it in their inbox.
-Every replay, done or refused, is audited.
+A dead letter of the outbox relay (`dlq.group` outbox-relay: a row it could not publish)
+was never consumed: its replay re-publishes it to its topic and clears no inbox, the
+consumers dedupe by event id. One without payload (too large: metadata only) is refused.
+Every replay is audited before it starts ('aangevraagd') and with its result after.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ console = Console()
 
 READ_TIMEOUT_S = 15.0  # longest a listing reads the dead-letter topic
 REPLAY_HEADER = "vroeg.replay_of"  # the dead letter a re-published record comes from
+RELAY_GROUP = "outbox-relay"  # `dlq.group` of a row the outbox relay could not publish
 
 
 @dataclass(frozen=True)
@@ -151,23 +155,25 @@ async def replay(
     actor: str,
     audit_database_url: str | None = None,
 ) -> ReplayResult:
-    """Replay one dead letter (see the module docstring); audited whatever the outcome."""
+    """Replay one dead letter (see the module docstring); audited whatever the outcome:
+    the request before anything happens, the result after, so no replay goes unaudited."""
+    database_url = audit_database_url or _intake_database_url()
+    subject = f"deadletter {dead_letter_id}"
+    await audit(
+        database_url, actor=actor, action="deadletter.replay", object=subject, result="aangevraagd"
+    )
     try:
         result = await _replay(settings, dead_letter_id, database_of_group)
     except Exception:
         await audit(
-            audit_database_url or _intake_database_url(),
-            actor=actor,
-            action="deadletter.replay",
-            object=f"deadletter {dead_letter_id}",
-            result="mislukt",
+            database_url, actor=actor, action="deadletter.replay", object=subject, result="mislukt"
         )
         raise
     await audit(
-        audit_database_url or _intake_database_url(),
+        database_url,
         actor=actor,
         action="deadletter.replay",
-        object=f"deadletter {dead_letter_id}",
+        object=subject,
         result="opnieuw-aangeboden" if result.done else "geweigerd",
     )
     return result
@@ -180,6 +186,8 @@ async def _replay(
     if stored is None:
         return ReplayResult(False, f"Dead letter {dead_letter_id} bestaat niet.")
     letter = stored.letter
+    if letter.group == RELAY_GROUP:
+        return await _replay_relay_letter(settings, stored, dead_letter_id)
     if letter.event_id is None:
         return ReplayResult(
             False,
@@ -215,6 +223,24 @@ async def _replay(
     return ReplayResult(
         True, f"Gebeurtenis {letter.event_id} opnieuw aangeboden op {letter.topic}."
     )
+
+
+async def _replay_relay_letter(
+    settings: ServiceSettings, stored: _Stored, dead_letter_id: str
+) -> ReplayResult:
+    """A row the outbox relay could not publish: no consumer saw it, so no inbox holds a
+    mark. Re-published to its topic as it was staged; a consumer that got it after all
+    (a second replay) drops it by its event id."""
+    if not stored.payload:
+        return ReplayResult(
+            False,
+            f"Dead letter {dead_letter_id} heeft geen inhoud: het bericht was te groot om "
+            "te bewaren, alleen de gegevens eromheen staan erin. Opnieuw aanbieden kan niet; "
+            "de dienst moet de gebeurtenis opnieuw maken.",
+        )
+    await _publish(settings, stored, dead_letter_id)
+    event = stored.letter.event_id or "zonder id"
+    return ReplayResult(True, f"Gebeurtenis {event} opnieuw aangeboden op {stored.letter.topic}.")
 
 
 async def _publish(settings: ServiceSettings, stored: _Stored, dead_letter_id: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -15,6 +16,8 @@ from sqlalchemy import text
 from services.registry import SERVICES
 from shared.db import make_engine
 from shared.events import TOPICS
+from shared.messaging import kafka_client_args
+from shared.settings import ServiceSettings
 from vroeg.stack import SUPERVISOR_STATE_FILE, read_supervisor_state
 
 # The table that counts a service's stage of the flow.
@@ -25,6 +28,11 @@ STAGE_TABLES = {
     "feedback": ("partner_signalen", "signalen met terugkoppeling"),
     "retention": ("archiefstukken", "archiefstukken"),
 }
+
+
+def _client_args(bootstrap: str) -> dict[str, Any]:
+    """The clients' keyword arguments: the configured TLS/SASL security, this bootstrap."""
+    return {**kafka_client_args(ServiceSettings()), "bootstrap_servers": bootstrap}
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,7 @@ async def end_offsets(
     ListOffsets of the embedded Tansu build answers the last batch's base offset + 1,
     not the end; a fetch's high watermark is right on Tansu and Apache Kafka alike.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**_client_args(bootstrap), enable_auto_commit=False)
     await consumer.start()
     try:
         reported = await consumer.end_offsets(partitions)
@@ -100,7 +108,7 @@ async def end_offsets(
 
 async def consumer_lag(bootstrap: str) -> list[GroupLag]:
     """Committed offset against end offset per group, topic and partition (broker side)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    admin = AIOKafkaAdminClient(**_client_args(bootstrap), request_timeout_ms=5000)
     await admin.start()
     try:
         groups = sorted(g[0] for g in await admin.list_consumer_groups())
@@ -117,7 +125,7 @@ async def consumer_lag(bootstrap: str) -> list[GroupLag]:
     lags: list[GroupLag] = []
     for group in groups:
         reader = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+            **_client_args(bootstrap), group_id=group, enable_auto_commit=False
         )
         await reader.start()
         try:
