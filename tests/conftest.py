@@ -105,10 +105,12 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
         os.environ.update(found.env)
         asyncio.run(stack_mod.create_topics(found.kafka_bootstrap, partitions=6))  # the default
         asyncio.run(stack_mod.prepare_databases(stack_mod.all_services()))
-        cleanup.callback(_drop_databases)
         try:
             yield found
         finally:
+            # While the environment still names this run's prefix: dropping after it was
+            # restored dropped the default prefix's databases (a developer's `make run`).
+            _drop_databases()
             for key, value in saved.items():
                 if value is None:
                     os.environ.pop(key, None)

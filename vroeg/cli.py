@@ -90,6 +90,8 @@ def up(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    # Ctrl-C stops the stack also where the shell started us with SIGINT ignored (`cmd &`).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         broker = stack.start_broker(kafka_port, log_dir)
     except RuntimeError as exc:
