@@ -147,6 +147,19 @@ class AuditEntry:
     gemeentecode: str | None = None
     reason: str | None = None
 
+    @classmethod
+    def stored(cls, row: Any) -> AuditEntry:
+        """The entry as a row of audit_log holds it (what its hash was made over)."""
+        return cls(
+            at=row.at,
+            actor=row.actor,
+            action=row.action,
+            object=row.object,
+            result=row.result,
+            gemeentecode=row.gemeentecode,
+            reason=row.reason,
+        )
+
     def normalised(self) -> AuditEntry:
         def maybe(value: str | None, limit: int) -> str | None:
             return None if value is None else bounded(value, limit)
@@ -425,15 +438,7 @@ class ChainChecker:
             return ChainBreak(self.expected_id, f"record {self.expected_id} ontbreekt")
         if row.prev_hash != self.prev:
             return ChainBreak(row.id, "vorige hash klopt niet")
-        entry = AuditEntry(
-            at=row.at,
-            actor=row.actor,
-            action=row.action,
-            object=row.object,
-            result=row.result,
-            gemeentecode=row.gemeentecode,
-            reason=row.reason,
-        )
+        entry = AuditEntry.stored(row)
         if chain_hash(row.id, self.prev, entry) != row.hash:
             return ChainBreak(row.id, "inhoud gewijzigd (hash klopt niet)")
         self.prev, self.expected_id = row.hash, self.expected_id + 1
@@ -686,15 +691,7 @@ def migration_chain_existing(op: Any) -> None:
     op.execute("UPDATE audit_log SET id = -id")  # out of the way of the new numbers
     prev, updates = GENESIS_HASH, []
     for new_id, row in enumerate(rows, start=1):
-        entry = AuditEntry(
-            at=row.at,
-            actor=row.actor,
-            action=row.action,
-            object=row.object,
-            result=row.result,
-            gemeentecode=row.gemeentecode,
-            reason=row.reason,
-        )  # as stored: the hash must match what verify reads back
+        entry = AuditEntry.stored(row)  # as stored: the hash must match what verify reads
         digest = chain_hash(new_id, prev, entry)
         updates.append({"old": -row.id, "new": new_id, "prev": prev, "hash": digest})
         prev = digest

@@ -159,6 +159,13 @@ def up(
 
             def deliver_demo() -> None:
                 try:
+                    tell_demo()
+                finally:  # the last line of the start-up text, as the README shows it
+                    if not stopping.is_set():
+                        console.print("Press Ctrl-C to stop.")
+
+            def tell_demo() -> None:
+                try:
                     credentials_file = stack.STATE_DIR / "demo-partners.json"
                     partners = demo_data.register_demo_partners(credentials_file)
                     addresses = demo_data.load_demo_addresses(
@@ -199,7 +206,8 @@ def up(
                 )
 
             threading.Thread(target=deliver_demo, name="demo-delivery", daemon=True).start()
-        console.print("Press Ctrl-C to stop.")
+        else:
+            console.print("Press Ctrl-C to stop.")
         try:
             supervisor.run()
         finally:

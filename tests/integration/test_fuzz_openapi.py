@@ -371,7 +371,7 @@ def test_valid_deliveries_at_known_addresses_are_processed(
             assert all(
                 known_gap(body, error["name"]) or error.get("code") in ("dubbel", "afwijkend")
                 for error in line["fouten"]
-            ), line
+            ), line["fouten"]
             continue
         assert line["status"] == "doorgestuurd", line
         receipt_id = line["ontvangstbevestiging"]["id"]
