@@ -316,16 +316,21 @@ def fingerprint(signal_in: SignalIn, signal_id: uuid.UUID, secret: str) -> dict[
     """A keyed digest of each delivered field (by its API name), salted with the signal's
     id: whether a repeat differs, field by field, without keeping the content readable,
     nor linkable from one signal to another."""
-    key = _FINGERPRINT_CONTEXT + secret.encode()
+    keyed = _fingerprint_key(secret)
     content = signal_in.model_dump(mode="json", by_alias=True, exclude={"partner_signaal_id"})
-    return {
-        name: hmac.new(
-            key,
-            f"{signal_id}|{name}|{json.dumps(value, sort_keys=True, separators=(',', ':'))}".encode(),
-            hashlib.sha256,
-        ).hexdigest()[:32]
-        for name, value in content.items()
-    }
+    digests: dict[str, str] = {}
+    for name, value in content.items():
+        digest = keyed.copy()  # the key's pads are derived once per secret, not per field
+        digest.update(
+            f"{signal_id}|{name}|{json.dumps(value, sort_keys=True, separators=(',', ':'))}".encode()
+        )
+        digests[name] = digest.hexdigest()[:32]
+    return digests
+
+
+@functools.cache
+def _fingerprint_key(secret: str) -> hmac.HMAC:
+    return hmac.new(_FINGERPRINT_CONTEXT + secret.encode(), digestmod=hashlib.sha256)
 
 
 def differing_fields(stored: Signal, signal_in: SignalIn, secret: str) -> list[str]:
