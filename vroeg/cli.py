@@ -113,7 +113,7 @@ def up(
             "VROEG_POSTGRES_URL": postgres_url,
             "VROEG_OTEL_EXPORTER": os.environ.get("VROEG_OTEL_EXPORTER", "file"),
             # This installation's own development secrets (.vroeg/secrets.env, never shown).
-            **stack.development_secrets(stack.SECRETS_FILE),
+            **stack.development_secrets(stack.SECRETS_FILE, make_new=fresh),
         }
         if "VROEG_DATABASE_PREFIX" in os.environ:  # so that other terminals find the same
             env["VROEG_DATABASE_PREFIX"] = os.environ["VROEG_DATABASE_PREFIX"]

@@ -305,14 +305,18 @@ def _fresh_secret(field_name: str) -> str:
     return secrets.token_urlsafe(32)  # 256 bits
 
 
-def development_secrets(path: Path = SECRETS_FILE) -> dict[str, str]:
+def development_secrets(path: Path = SECRETS_FILE, *, make_new: bool = True) -> dict[str, str]:
     """This installation's development secrets: made with `secrets` on the first run, kept
     in `path` (mode 0600, set again on every run: a file someone widened is narrowed before
     it is read) and reused after, never printed. A value set in the environment wins over
-    the file (and is not written to it)."""
+    the file (and is not written to it). Without `make_new` (the databases are kept) a
+    missing secret is not made: data sealed and keyed under the built-in development
+    values of an older installation stays readable."""
     if path.exists():
         os.chmod(path, 0o600)
     stored = _read_env_file(path) if path.exists() else {}
+    if not make_new and not path.exists():
+        return {}
     names = development_secret_names()
     missing = {var: _fresh_secret(name) for var, name in names.items() if var not in stored}
     if missing or not path.exists():

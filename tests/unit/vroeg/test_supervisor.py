@@ -233,3 +233,17 @@ def test_development_secrets_narrow_a_wider_existing_file_to_0600(
     path.chmod(0o644)  # widened by hand, or copied with a loose umask; nothing is missing
     assert stack_mod.development_secrets(path) == first
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_kept_databases_of_an_installation_without_secrets_keep_the_development_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `vroeg up --no-fresh` where an older version ran: new secrets would make the kept
+    # data unreadable (another master key) and re-key every household.
+    for name in stack_mod.development_secret_names():
+        monkeypatch.delenv(name, raising=False)
+    path = tmp_path / ".vroeg" / "secrets.env"
+    assert stack_mod.development_secrets(path, make_new=False) == {}
+    assert not path.exists()
+    made = stack_mod.development_secrets(path)  # a fresh start makes them
+    assert stack_mod.development_secrets(path, make_new=False) == made  # and keeps them
